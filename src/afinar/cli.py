@@ -1,0 +1,157 @@
+"""The `afinar` command line: each command parses its options, calls one stage function, prints.
+
+Domain errors (`AfinarError`) become one clear line on stderr and exit status 1, in one place
+(`_Group.invoke`). Heavy libraries are imported inside the commands, so `afinar --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from afinar import __version__
+from afinar.errors import AfinarError
+
+
+class _Group(click.Group):
+    """A click group that turns AfinarError into `Error: ...` and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except AfinarError as exc:
+            click.secho(f"Error: {exc}", fg="red", err=True)
+            ctx.exit(1)
+
+
+def _parse_map(pairs: tuple[str, ...]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        role, sep, column = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r}: expected role=column, e.g. question=Pregunta", param_hint="--map")
+        mapping[role.strip()] = column.strip()
+    return mapping
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="afinar")
+def main():
+    """afinar: turn a small domain dataset into a trustworthy domain assistant."""
+
+
+@main.group(cls=_Group)
+def data():
+    """Check and prepare datasets."""
+
+
+@data.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path), help="Take schema, columns, model and limits from this recipe.")
+@click.option("--schema", type=click.Choice(["auto", "qa", "alpaca", "messages", "user_story"]), default=None, help="Record layout (default: detect).")
+@click.option("--map", "mapping", multiple=True, metavar="ROLE=COLUMN", help="Map a role to a column, e.g. --map question=Pregunta.")
+@click.option("--model", default=None, help="Base model whose tokenizer measures the examples (default: the recipe's, else embedded).")
+@click.option("--max-seq-len", type=int, default=None, help="Examples longer than this many tokens are errors (default: the recipe's).")
+@click.option("--no-tokens", is_flag=True, help="Skip token counting (no tokenizer is loaded).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def data_check(paths, recipe_path, schema, mapping, model, max_seq_len, no_tokens, as_json):
+    """Validate dataset files and report every problem (exit 1 when there are errors)."""
+    from afinar.data import check_data
+    from afinar.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path) if recipe_path else None
+    schema = schema or (recipe.data.schema_ if recipe else "auto")
+    columns = _parse_map(mapping) or (recipe.data.columns if recipe else {})
+    model = model or (recipe.base_model if recipe else "embedded")
+    tokenizer = None if no_tokens else _tokenizer(model, recipe)
+    report = check_data(
+        list(paths), schema=schema, columns=columns, tokenizer=tokenizer, tokenizer_name=None if no_tokens else model,
+        system_prompt=recipe.system_prompt if recipe else None,
+        max_seq_len=max_seq_len or (recipe.train.max_seq_len if recipe else 2048),
+        min_examples=recipe.data.min_examples if recipe else 10,
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        for issue in report.issues:
+            click.secho(str(issue), fg="red" if issue.severity == "error" else "yellow")
+        for line in report.summary_lines():
+            click.echo(line)
+        click.secho("OK: the data is usable" if report.ok else "FAILED: fix the errors above", fg="green" if report.ok else "red", bold=True)
+    sys.exit(0 if report.ok else 1)
+
+
+def _tokenizer(model: str, recipe=None):
+    from afinar.models import load_tokenizer
+
+    if recipe is not None:
+        return load_tokenizer(recipe.base_model, recipe.trust_remote_code, recipe.chat_template)
+    return load_tokenizer(model)
+
+
+@data.command("prepare")
+@click.argument("recipe_path", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. --set data.eval_fraction=0.2.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: <output_dir>/<name>/data).")
+@click.option("--skip-invalid", is_flag=True, help="Leave out records with errors (counted and reported) instead of stopping.")
+def data_prepare(recipe_path, overrides, out, skip_invalid):
+    """Check, split and augment a recipe's data into train/eval JSONL."""
+    from afinar.data import prepare_data
+    from afinar.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, list(overrides) + (["data.skip_invalid=true"] if skip_invalid else []))
+    out = out or Path(recipe.train.output_dir) / recipe.name / "data"
+    prepared = prepare_data(recipe, out, tokenizer=_tokenizer(recipe.base_model, recipe), tokenizer_name=recipe.base_model)
+    for issue in prepared.report.issues:
+        click.secho(str(issue), fg="yellow" if issue.severity == "warning" else "red")
+    click.echo(prepared.summary())
+    click.echo(f"Wrote {prepared.train_path}, {prepared.eval_path} and {prepared.report_path}")
+
+
+@main.command("init")
+@click.argument("data_path", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Recipe file to write (default: <data>.recipe.yaml).")
+@click.option("--name", default=None, help="Assistant name (default: from the file name).")
+@click.option("--force", is_flag=True, help="Overwrite an existing recipe.")
+def init(data_path, output, name, force):
+    """Write a starter recipe for a dataset."""
+    from afinar.recipe_init import write_starter_recipe
+
+    path = write_starter_recipe(data_path, output, name, force)
+    click.echo(f"Wrote {path}. Next: afinar data check {data_path} && afinar data prepare {path}")
+
+
+@main.group(cls=_Group)
+def recipe():
+    """Inspect recipes."""
+
+
+@recipe.command("show")
+@click.argument("recipe_path", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+def recipe_show(recipe_path, overrides):
+    """Print the resolved recipe (defaults < file < --set)."""
+    from afinar.recipe import load_recipe
+
+    click.echo(load_recipe(recipe_path, list(overrides)).to_yaml(), nl=False)
+
+
+@recipe.command("fields")
+def recipe_fields():
+    """List every recipe field with its default and meaning."""
+    from afinar.recipe import field_docs
+
+    for key, default, doc in field_docs():
+        click.echo(f"{key:32} {default:14} {doc}")
+
+
+@main.command("demo")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("runs/demo"), help="Where the demo writes its files.")
+def demo(workdir):
+    """Run the whole pipeline on the bundled Spanish tutor dataset and the embedded model."""
+    from afinar.demo import run_demo
+
+    run_demo(workdir)

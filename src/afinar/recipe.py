@@ -1,0 +1,243 @@
+"""Recipes: one YAML file that describes a whole assistant, mapped onto typed config classes.
+
+Precedence: field defaults < the recipe file < `--set key=value` overrides. `load_recipe`
+validates everything in one pass and raises `RecipeError` listing every problem (unknown fields
+with a suggestion, wrong types, out-of-range values, missing data files, inconsistent settings).
+The defaults work for the embedded model on a laptop CPU. `Recipe.to_yaml()` writes the
+resolved recipe that is saved next to every run, so a run can be reproduced from its folder.
+
+Every field has a description; `afinar recipe fields` (and the docs) print them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from afinar.errors import RecipeError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+class DataConfig(_Section):
+    files: list[str] = Field(default_factory=list, description="Dataset files (CSV, JSON, JSONL), relative to the recipe file.")
+    schema_: Literal["auto", "qa", "alpaca", "messages", "user_story"] = Field(
+        "auto", alias="schema", description="Record layout; 'auto' detects it from the column names.")
+    columns: dict[str, str] = Field(default_factory=dict, description="Map a role to a column, e.g. {question: 'Pregunta frecuente', answer: 'Respuesta'}.")
+    eval_fraction: float = Field(0.15, ge=0.0, lt=0.9, description="Share of the data held out for evaluation.")
+    split_by: Literal["answer", "record"] = Field("answer", description="'answer' keeps paraphrases of one answer on the same side of the split (no leakage); 'record' splits records.")
+    paraphrases: int = Field(0, ge=0, le=5, description="Template paraphrases added per training question (Spanish and English templates).")
+    negatives: float = Field(0.1, ge=0.0, le=0.3, description="Share of out-of-domain questions answered with the refusal (needs `refusal`).")
+    min_examples: int = Field(10, ge=1, description="Fewer usable examples than this is an error.")
+    skip_invalid: bool = Field(False, description="Train past records with errors (they are counted and reported). Off: any error stops.")
+    seed: int = Field(42, description="Seed for the split and the augmentation.")
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field("auto", description="'auto' (attention and MLP projections for the architecture), 'all-linear', or a list of module names.")
+    dora: bool = Field(False, description="Use DoRA (weight-decomposed LoRA).")
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3, gt=0, description="Passes over the training data.")
+    max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: no limit).")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warm-up.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the adapter weights.")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch (sequences are padded only to the longest in the batch).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_seq_len: int = Field(1024, ge=16, description="Longest example in tokens; longer ones are reported by `data check`.")
+    packing: Literal["auto", "on", "off"] = Field("auto", description="Pack several examples per row instead of padding; 'auto' uses what the benchmark measured faster on the device.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="'auto': bf16 autocast where the device supports it, else fp32.")
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field("auto", description="'auto' turns it on only when the memory estimate requires it.")
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: at the end of each epoch).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: at the end of each epoch).")
+    seed: int = Field(42, description="Seed for weights, order and dropout.")
+    output_dir: str = Field("runs", description="Runs are written to <output_dir>/<name>/ (relative to the working folder).")
+    tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the tensorboard package).")
+
+
+class GuardConfig(_Section):
+    mode: Literal["auto", "off", "refuse", "strict"] = Field(
+        "auto", description="'refuse': out-of-domain questions get the refusal; 'strict': only curated answers; 'auto': refuse when a refusal is set, else off.")
+    threshold: float | None = Field(None, description="In-domain score threshold; unset: calibrated from the training data.")
+
+
+class GenerationConfig(_Section):
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Longest answer in tokens.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding (the default for domain assistants).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling (with temperature > 0).")
+    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Penalty on repeated tokens (1.0: none).")
+
+
+class InterviewConfig(_Section):
+    questions: list[str] = Field(default_factory=list, description="Questions asked in order by `afinar chat --interview`.")
+    template: str = Field("", description="How the answers become one prompt; {1}, {2}, ... are the answers. Empty: one line per question and answer.")
+
+
+class Recipe(_Section):
+    name: str = Field("assistant", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Run name: letters, digits, . _ - (the run folder is runs/<name>).")
+    base_model: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct, shipped with afinar), a Hugging Face id, or a local folder.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with a hub model. Off unless you trust its author.")
+    chat_template: str | None = Field(None, description="A Jinja chat template overriding the base model's.")
+    system_prompt: str = Field("", description="System prompt used in training and at inference.")
+    refusal: str = Field("", description="What the assistant answers outside its domain.")
+    quantization: Literal["none", "nf4"] = Field("none", description="'nf4': QLoRA (4-bit NF4 base, double quantisation, bf16 compute) via bitsandbytes.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset files and how to split and augment them.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter settings.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
+    guard: GuardConfig = Field(default_factory=GuardConfig, description="Keeping the assistant inside its domain.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
+    interview: InterviewConfig | None = Field(None, description="Optional guided interview.")
+
+    @property
+    def guard_mode(self) -> str:
+        if self.guard.mode == "auto":
+            return "refuse" if self.refusal else "off"
+        return self.guard.mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), allow_unicode=True, sort_keys=False, width=100)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["train.epochs=2", "name=x"]` -> nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    problems = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {pair!r}: expected key=value, e.g. --set train.epochs=2")
+            continue
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value) if value.strip() else ""
+    if problems:
+        raise RecipeError("--set", problems)
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Read, merge and validate a recipe. `path=None` starts from the defaults."""
+    raw: dict[str, Any] = {}
+    source = str(path) if path else "defaults"
+    base_dir = Path.cwd()
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise RecipeError(source, [f"no such recipe file: {p}"])
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark else "?"
+            raise RecipeError(source, [f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+        if not isinstance(raw, dict):
+            raise RecipeError(source, ["the recipe must be a mapping of fields (name: ..., data: ...)"])
+        base_dir = p.resolve().parent
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return validate_recipe(raw, source, base_dir)
+
+
+def validate_recipe(raw: dict[str, Any], source: str, base_dir: Path) -> Recipe:
+    """Build a Recipe from a dict, resolving data paths against base_dir; all problems at once."""
+    problems = _file_problems(raw, base_dir)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(source, [_describe(e) for e in exc.errors()] + problems) from None
+    problems += _consistency_problems(recipe)
+    if problems:
+        raise RecipeError(source, problems)
+    recipe.data.files = [str((base_dir / f).resolve()) for f in recipe.data.files]
+    return recipe
+
+
+def _file_problems(raw: dict, base_dir: Path) -> list[str]:
+    files = (raw.get("data") or {}).get("files") if isinstance(raw.get("data"), dict) else None
+    if isinstance(files, str):
+        files = [files]
+        raw["data"]["files"] = files
+    if not files:
+        return ["data.files: no dataset files; add data: {files: [my_data.csv]}"]
+    if not isinstance(files, list):
+        return []
+    return [f"data.files[{i}]: no such file: {base_dir / f}" for i, f in enumerate(files)
+            if isinstance(f, str) and not (base_dir / f).exists()]
+
+
+def _consistency_problems(recipe: Recipe) -> list[str]:
+    problems = []
+    if recipe.guard.mode in ("refuse", "strict") and not recipe.refusal:
+        problems.append(f"guard.mode is {recipe.guard.mode!r} but `refusal` is empty; add refusal: '<what to answer outside the domain>'")
+    if recipe.data.negatives and not recipe.refusal:
+        if "negatives" in recipe.data.model_fields_set:
+            problems.append("data.negatives needs a `refusal` message to answer them with; add refusal: '...' or set data.negatives: 0")
+        else:
+            recipe.data.negatives = 0.0  # the default share means nothing without a refusal
+    if recipe.lora.alpha and recipe.lora.r and recipe.lora.alpha / recipe.lora.r > 16:
+        problems.append(f"lora.alpha / lora.r = {recipe.lora.alpha / recipe.lora.r:g} is unusually large (scale > 16); use alpha around 1-2x r")
+    return problems
+
+
+def _describe(error: dict) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "extra_forbidden":
+        hint = _suggest(error["loc"])
+        return f"{loc}: unknown field{hint}"
+    got = error.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+    return f"{loc}: {error['msg']}{shown}"
+
+
+def _suggest(loc: tuple) -> str:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None) if field else None
+        model = next((a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return ""
+    names = [f.alias or n for n, f in model.model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(names)}"
+
+
+def field_docs(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, default, description) for every field, for `afinar recipe fields` and the docs."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        annotation = field.annotation
+        sub = next((a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is not None:
+            rows += field_docs(sub, key + ".")
+            continue
+        default = field.default_factory() if field.default_factory else field.default
+        rows.append((key, repr(default), field.description or ""))
+    return rows

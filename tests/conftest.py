@@ -1,0 +1,112 @@
+"""Shared fixtures: an isolated home for every test, and a tiny random Llama model.
+
+The tiny model (hidden size 16, 2 layers) and its byte-level BPE tokenizer are built here,
+in the test session, from text in this file: no download, and stage tests run in seconds.
+The embedded model, for the few integration tests, is converted once per session into a
+session-wide cache (`embedded_cache`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "¿Qué es una pila? Una pila es una estructura LIFO: el último en entrar es el primero en salir.",
+    "¿Qué es una cola? Una cola es FIFO: el primero en entrar es el primero en salir.",
+    "La búsqueda binaria divide el arreglo a la mitad en cada paso: O(log n).",
+    "def push(pila, x):\n    pila.append(x)\n    return pila",
+    "What is a stack? A stack is a LIFO structure. What is a queue? A queue is FIFO.",
+    "Eres un tutor de algoritmos. Lo siento, solo puedo responder preguntas sobre algoritmos.",
+    "¿Cuánto cuesta el curso de finanzas? El curso cuesta 300 soles y dura ocho semanas.",
+] * 20
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    """Point home, the HF cache and the working folder at tmp_path; forbid hub access."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(home / ".cache" / "huggingface"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    if not os.environ.get("AFINAR_CACHE"):
+        monkeypatch.setenv("AFINAR_CACHE", str(home / ".cache" / "afinar"))
+    monkeypatch.chdir(tmp_path)
+    return home
+
+
+def build_tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    return fast
+
+
+def build_tiny_model(vocab_size: int, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny random Llama model + tokenizer folder, usable as a recipe's base_model."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(len(tokenizer))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from afinar.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory) -> Path:
+    """One conversion of the embedded model per test session, shared by integration tests."""
+    return Path(os.environ.get("AFINAR_CACHE") or tmp_path_factory.mktemp("afinar-cache"))
+
+
+@pytest.fixture
+def embedded(embedded_cache, monkeypatch) -> Path:
+    """The embedded model's safetensors folder (converted on first use in this session)."""
+    from afinar.models import ensure_embedded_model
+
+    monkeypatch.setenv("AFINAR_CACHE", str(embedded_cache))
+    return ensure_embedded_model()
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding))
+    return path
