@@ -24,7 +24,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except AfinarError as exc:
             click.secho(f"Error: {exc}", fg="red", err=True)
-            ctx.exit(1)
+            ctx.exit(exc.exit_code)
 
 
 def _parse_map(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -124,6 +124,42 @@ def init(data_path, output, name, force):
     click.echo(f"Wrote {path}. Next: afinar data check {data_path} && afinar data prepare {path}")
 
 
+@main.command("train")
+@click.argument("recipe_path", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. --set train.epochs=1.")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint of this run.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
+def train_cmd(recipe_path, overrides, resume, no_progress):
+    """Fine-tune the recipe's base model with LoRA/QLoRA into runs/<name>/."""
+    from afinar.recipe import load_recipe
+    from afinar.training import train
+
+    result = train(load_recipe(recipe_path, list(overrides)), resume=resume, progress=not no_progress)
+    _print_train_result(result)
+
+
+def _print_train_result(result) -> None:
+    if not result.main_process:
+        return
+    tok_s = result.tokens / max(result.seconds, 1e-9)
+    click.echo(f"trained {result.steps} steps, {result.tokens} tokens in {result.seconds:.0f} s ({tok_s:.0f} tokens/s)")
+    if result.best_eval_loss is not None:
+        base = f" (base model: {result.base_eval_loss:.4f})" if result.base_eval_loss is not None else ""
+        click.echo(f"best eval loss {result.best_eval_loss:.4f} at step {result.best_step}{base}")
+    click.echo(f"adapter: {result.adapter_dir}\nloss curve: {result.run_dir / 'loss.png'}")
+
+
+@main.command("doctor")
+@click.argument("recipe_path", required=False, type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
+def doctor_cmd(recipe_path, overrides):
+    """Report this machine's training setup and, for a recipe, estimated memory and time."""
+    from afinar.doctor_report import doctor_lines
+
+    for line in doctor_lines(recipe_path, list(overrides)):
+        click.echo(line)
+
+
 @main.group(cls=_Group)
 def recipe():
     """Inspect recipes."""
@@ -155,3 +191,7 @@ def demo(workdir):
     from afinar.demo import run_demo
 
     run_demo(workdir)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,8 @@ from __future__ import annotations
 class AfinarError(Exception):
     """A problem the user can fix; its message says what and how."""
 
+    exit_code = 1
+
 
 class RecipeError(AfinarError):
     """A recipe that does not validate. `problems` lists every problem found, one per line."""

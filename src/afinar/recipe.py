@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from afinar.errors import RecipeError
 
@@ -65,6 +65,12 @@ class TrainConfig(_Section):
     seed: int = Field(42, description="Seed for weights, order and dropout.")
     output_dir: str = Field("runs", description="Runs are written to <output_dir>/<name>/ (relative to the working folder).")
     tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the tensorboard package).")
+
+    @field_validator("packing", "gradient_checkpointing", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        """YAML reads a bare on/off/yes/no as a boolean; accept it as the word it was."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class GuardConfig(_Section):

@@ -1,0 +1,113 @@
+"""`afinar doctor [RECIPE]`: what this machine can do, and whether a recipe's run will fit.
+
+The environment part reports torch, the device, bf16 support, the bitsandbytes backend and free
+memory. For a recipe it estimates peak memory and time per epoch before anything is loaded:
+  1. count parameters exactly by building the model on the `meta` device from its config;
+  2. memory = frozen weights (bf16, fp32 or ~0.55 bytes/param for NF4) + adapters with AdamW
+     states (16 bytes/param) + activations (per token per layer ~34*hidden bytes in 16-bit,
+     Korthikanti et al. 2022; ~2*hidden with gradient checkpointing) for one micro-batch;
+  3. time = tokens per epoch x ~4N FLOPs per token (LoRA: forward plus the input-gradient half
+     of backward; frozen weights need no weight gradients) / this device's measured matmul
+     throughput x an efficiency factor seen here (0.35).
+The seeds fought 4-6 GB GPUs and VMs that ran out of memory: a run that will not fit is flagged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from afinar.errors import AfinarError
+from afinar.recipe import Recipe
+
+EFFICIENCY = 0.35
+GIB = 1024**3
+
+
+@dataclass
+class MemoryEstimate:
+    parameters: int
+    trainable: int
+    weights_bytes: int
+    adapter_bytes: int
+    activation_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        return int(1.2 * (self.weights_bytes + self.adapter_bytes + self.activation_bytes))  # 20% allocator slack
+
+
+def _meta_model(recipe: Recipe):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from afinar.models import hub_token, resolve_model_path
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(recipe.base_model), trust_remote_code=recipe.trust_remote_code, token=hub_token())
+    except OSError as exc:
+        raise AfinarError(f"cannot read the config of {recipe.base_model!r}: {exc}") from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=recipe.trust_remote_code)
+
+
+def estimate_memory(recipe: Recipe, gradient_checkpointing: bool, tokens_per_batch: int | None = None) -> MemoryEstimate:
+    """Peak training memory for the recipe's model, method and batch (see module docstring)."""
+    model = _meta_model(recipe)
+    n = sum(p.numel() for p in model.parameters())
+    cfg = model.config
+    hidden, layers = cfg.hidden_size, cfg.num_hidden_layers
+    targets_per_layer = 7 if recipe.lora.target_modules in ("auto", "all-linear") else max(1, len(recipe.lora.target_modules))
+    trainable = layers * targets_per_layer * recipe.lora.r * 2 * hidden
+    bytes_per_weight = 0.55 if recipe.quantization == "nf4" else (2 if recipe.train.precision != "fp32" else 4)
+    tokens = tokens_per_batch or recipe.train.batch_size * min(recipe.train.max_seq_len, 512)
+    per_token = (2 * hidden * layers + 34 * hidden) if gradient_checkpointing else 34 * hidden * layers
+    return MemoryEstimate(n, trainable, int(n * bytes_per_weight), 16 * trainable, tokens * per_token)
+
+
+def matmul_flops(dtype: torch.dtype = torch.bfloat16, size: int = 1024, seconds: float = 0.5) -> float:
+    """Measured dense matmul throughput (FLOP/s) of this device in `dtype`."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size**3 * runs / (time.perf_counter() - start)
+
+
+def environment() -> dict[str, str]:
+    """Facts about this machine that decide how afinar trains."""
+    from afinar.training.runtime import _available_ram, cpu_supports_bf16
+
+    info = {"torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info["gpu"] = f"{props.name}, {props.total_memory / GIB:.1f} GB, {torch.cuda.device_count()} device(s)"
+        info["bf16"] = "yes" if torch.cuda.is_bf16_supported() else "no (fp16 autocast)"
+    else:
+        info["cpu threads"] = str(torch.get_num_threads())
+        info["bf16"] = "yes (AVX-512 BF16/AMX)" if cpu_supports_bf16() else "no (fp32)"
+    info["free memory"] = f"{_available_ram() / GIB:.1f} GB RAM"
+    info["bitsandbytes"] = _bnb_backend()
+    return info
+
+
+def _bnb_backend() -> str:
+    try:
+        import bitsandbytes as bnb
+    except Exception as exc:  # bitsandbytes raises many kinds of errors on unsupported platforms
+        return f"not usable ({type(exc).__name__}); QLoRA unavailable"
+    backend = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"{bnb.__version__} ({backend} backend: NF4 QLoRA available)"
+
+
+def time_per_epoch(recipe: Recipe, tokens_per_epoch: int, flops: float) -> float:
+    """Seconds for one epoch of `tokens_per_epoch` tokens at `flops` measured FLOP/s."""
+    params = sum(p.numel() for p in _meta_model(recipe).parameters())
+    return tokens_per_epoch * 4 * params / max(1.0, flops * EFFICIENCY)

@@ -1,0 +1,130 @@
+"""Decisions made before training and the files written after it.
+
+`resolve_setup` turns the recipe's 'auto' settings into concrete ones for this device:
+  - precision: bf16 autocast where the device computes bf16 natively (CUDA with bf16, CPUs with
+    AVX-512 BF16 or AMX), else fp16 on older GPUs, else fp32; the frozen base is stored in bf16
+    when training in bf16 (half the memory, no per-step weight casts);
+  - packing: off by default: length-grouped padding measured faster than packing on CPU for
+    FAQ-sized examples (see BENCHMARKS.md), because packing's block-diagonal mask costs more
+    attention work than the little padding that grouping leaves;
+  - gradient checkpointing: only when the memory estimate does not fit.
+`preflight` checks the run folder is writable and has room before anything slow happens.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from afinar.errors import AfinarError
+from afinar.recipe import Recipe
+
+MIN_FREE_BYTES = 200 * 1024**2  # adapters, checkpoints and the prepared data for small models
+
+
+@dataclass
+class TrainSetup:
+    device: str
+    precision: str  # bf16 | fp16 | fp32
+    packing: bool
+    gradient_checkpointing: bool
+
+    @property
+    def mixed_precision(self) -> str:
+        return {"bf16": "bf16", "fp16": "fp16"}.get(self.precision, "no")
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+
+    def describe(self) -> str:
+        return (f"{self.device}, {self.precision}, {'packing' if self.packing else 'length-grouped padding'}"
+                f"{', gradient checkpointing' if self.gradient_checkpointing else ''}")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmuls (AVX-512 BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def device_name() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_setup(recipe: Recipe) -> TrainSetup:
+    t = recipe.train
+    device = device_name()
+    precision = t.precision
+    if precision == "auto":
+        if device == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and device == "cpu":
+        raise AfinarError("train.precision: fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    packing = t.packing == "on"
+    checkpointing = t.gradient_checkpointing == "on" or (t.gradient_checkpointing == "auto" and _needs_checkpointing(recipe, device))
+    return TrainSetup(device, precision, packing, checkpointing)
+
+
+def _needs_checkpointing(recipe: Recipe, device: str) -> bool:
+    from afinar.doctor import estimate_memory
+
+    try:
+        est = estimate_memory(recipe, gradient_checkpointing=False)
+    except AfinarError:
+        return False
+    if est is None:
+        return False
+    available = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else _available_ram()
+    return est.peak_bytes > 0.8 * available
+
+
+def _available_ram() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 1024**3
+
+
+def preflight(recipe: Recipe, run_dir: Path, resume: bool) -> None:
+    """Refuse to start when the run folder cannot be written or the disk is nearly full."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".afinar-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise AfinarError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc}); "
+                          "set train.output_dir to a writable folder") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < MIN_FREE_BYTES:
+        raise AfinarError(f"{run_dir}: only {free / 1024**2:.0f} MB free on this disk; checkpoints need at "
+                          f"least {MIN_FREE_BYTES / 1024**2:.0f} MB. Free some space or set train.output_dir elsewhere")
+    if not resume:
+        for stale in ("metrics.jsonl", "summary.json"):
+            (run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def write_outputs(run_dir: Path, recipe: Recipe, metrics: list[dict], state: dict) -> None:
+    """summary.json, loss.png, the resolved recipe; the adapter folder is already in place."""
+    from afinar.io import atomic_write_json, atomic_write_text
+    from afinar.training.plots import plot_loss
+
+    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    plot_loss(metrics, run_dir / "loss.png", f"{recipe.name}: loss")
+    summary = {k: state[k] for k in ("step", "tokens", "seconds", "base_eval_loss", "best_eval_loss", "best_step")}
+    summary["tokens_per_s"] = round(state["tokens"] / max(state["seconds"], 1e-9), 1)
+    summary["adapter"] = "adapter/ (best eval loss)" if state["best_step"] else "adapter/ (last step)"
+    atomic_write_json(run_dir / "summary.json", summary)
