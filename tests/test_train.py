@@ -169,3 +169,26 @@ def test_two_process_accelerate_run_saves_one_adapter(tmp_path, tiny_model_dir):
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]  # one writer, no duplicated rows
     lrs = [r["lr"] for r in rows if "lr" in r]
     assert lrs[-1] > 0  # regression: accelerate's scheduler wrapper ran the schedule twice as fast
+
+
+def test_split_micro_respects_the_token_budget():
+    from afinar.chat_template import Encoded
+    from afinar.training.batches import split_micro
+
+    encoded = [Encoded([1] * n, [1] * n) for n in (100, 300, 120, 900, 250, 2000)]
+    micro = split_micro(list(range(6)), encoded, budget=600)
+    assert sorted(i for m in micro for i in m) == list(range(6))  # nothing lost
+    for m in micro:
+        longest = max(len(encoded[i].input_ids) for i in m)
+        assert longest * len(m) <= 600 or len(m) == 1
+    assert [5] in micro and [3] in micro  # longer than the budget: alone
+
+
+def test_hf_token_never_reaches_the_run_folder(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    secret = "hf_" + "Zq7" * 12
+    monkeypatch.setenv("HF_TOKEN", secret)
+    train(tiny_recipe(tmp_path, tiny_model_dir, "train.max_steps=2", "train.save_every=1"), progress=False)
+    for path in (tmp_path / "runs").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert secret not in capsys.readouterr().out

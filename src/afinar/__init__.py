@@ -6,3 +6,10 @@ Each stage is a plain function usable from Python; `afinar.cli` maps commands on
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# bitsandbytes (CPU backend) tries to fetch an optional kernel from the Hugging Face hub through
+# the `kernels` package and logs a warning when it cannot. afinar never downloads at run time,
+# and the built-in kernel it falls back to is the one we measure, so the warning is only noise.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

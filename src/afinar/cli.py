@@ -60,18 +60,18 @@ def data():
 def data_check(paths, recipe_path, schema, mapping, model, max_seq_len, no_tokens, as_json):
     """Validate dataset files and report every problem (exit 1 when there are errors)."""
     from afinar.data import check_data
-    from afinar.recipe import load_recipe
+    from afinar.recipe import Recipe, load_recipe
 
     recipe = load_recipe(recipe_path) if recipe_path else None
     schema = schema or (recipe.data.schema_ if recipe else "auto")
     columns = _parse_map(mapping) or (recipe.data.columns if recipe else {})
     model = model or (recipe.base_model if recipe else "embedded")
     tokenizer = None if no_tokens else _tokenizer(model, recipe)
+    defaults = recipe or Recipe()  # the recipe defaults apply when no recipe is given
     report = check_data(
         list(paths), schema=schema, columns=columns, tokenizer=tokenizer, tokenizer_name=None if no_tokens else model,
         system_prompt=recipe.system_prompt if recipe else None,
-        max_seq_len=max_seq_len or (recipe.train.max_seq_len if recipe else 2048),
-        min_examples=recipe.data.min_examples if recipe else 10,
+        max_seq_len=max_seq_len or defaults.train.max_seq_len, min_examples=defaults.data.min_examples,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
@@ -88,7 +88,7 @@ def _tokenizer(model: str, recipe=None):
     from afinar.models import load_tokenizer
 
     if recipe is not None:
-        return load_tokenizer(recipe.base_model, recipe.trust_remote_code, recipe.chat_template)
+        return load_tokenizer(model, recipe.trust_remote_code, recipe.chat_template)
     return load_tokenizer(model)
 
 

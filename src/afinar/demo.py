@@ -1,8 +1,11 @@
 """`afinar demo`: the whole pipeline on the bundled Spanish tutor dataset and the embedded model.
 
-Steps (each prints what it does and what it found):
+Steps (each prints what it does and what it found; long ones show a progress bar):
   1. check the bundled dataset (afinar data check)
   2. prepare train/eval splits with paraphrases and refusals (afinar data prepare)
+  3. fine-tune LoRA adapters on the embedded model on this CPU (afinar train)
+  4. compare the base and the tuned model: eval loss, and answers to held-out questions
+  5. say where everything is and what to run next
 """
 
 from __future__ import annotations
@@ -14,31 +17,74 @@ from afinar.data import check_data, prepare_data
 from afinar.models import load_tokenizer
 from afinar.recipe import load_recipe
 
+TOTAL_STEPS = 5
+COMPARE_QUESTIONS = 2  # held-out questions answered by base and tuned model
+COMPARE_TOKENS = 120
+
 
 def demo_recipe_path() -> Path:
     return Path(str(resources.files("afinar") / "resources" / "demo" / "tutor.yaml"))
 
 
-def _step(number: int, total: int, text: str) -> None:
-    print(f"\n[{number}/{total}] {text}", flush=True)
+def _step(number: int, text: str) -> None:
+    print(f"\n[{number}/{TOTAL_STEPS}] {text}", flush=True)
 
 
-def run_demo(workdir: Path, overrides: list[str] | None = None) -> dict:
+def run_demo(workdir: Path, overrides: list[str] | None = None, progress: bool = True) -> dict:
     """Run the demo into `workdir`; returns what each step produced."""
+    from afinar.training import train
+
     recipe_path = demo_recipe_path()
     recipe = load_recipe(recipe_path, [f"train.output_dir={workdir}", *(overrides or [])])
-    total = 2
+    run_dir = Path(workdir) / recipe.name
     print(f"afinar demo: recipe {recipe_path}\nbase model: {recipe.base_model}")
 
-    _step(1, total, f"Checking {Path(recipe.data.files[0]).name}")
+    _step(1, f"Checking {Path(recipe.data.files[0]).name}")
     tokenizer = load_tokenizer(recipe.base_model, recipe.trust_remote_code, recipe.chat_template)
     report = check_data(recipe.data.files, tokenizer=tokenizer, tokenizer_name=recipe.base_model,
                         system_prompt=recipe.system_prompt, max_seq_len=recipe.train.max_seq_len)
     for line in report.summary_lines():
         print("  " + line)
 
-    _step(2, total, "Preparing train/eval data (split by answer, paraphrases, out-of-domain refusals)")
-    prepared = prepare_data(recipe, Path(workdir) / recipe.name / "data", tokenizer, recipe.base_model)
+    _step(2, "Preparing train/eval data (split by answer, paraphrases, out-of-domain refusals)")
+    prepared = prepare_data(recipe, run_dir / "data", tokenizer, recipe.base_model)
     print("  " + prepared.summary())
-    print(f"  wrote {prepared.out_dir}")
-    return {"recipe": recipe, "report": report, "prepared": prepared}
+
+    _step(3, f"Training LoRA adapters ({recipe.train.epochs:g} epochs on this machine)")
+    result = train(recipe, reuse_data=True, progress=progress)
+    print(f"  {result.steps} steps, {result.tokens} tokens in {result.seconds / 60:.1f} min "
+          f"({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s)")
+
+    _step(4, "Base model vs tuned model")
+    comparison = compare(run_dir, prepared.eval)
+    print(f"  eval loss on held-out answers: base {result.base_eval_loss:.3f} -> tuned {result.best_eval_loss:.3f}")
+    for row in comparison:
+        print(f"\n  Q: {row['question']}\n  base : {_short(row['base'])}\n  tuned: {_short(row['tuned'])}")
+
+    _step(5, "Done")
+    print(f"  run folder: {run_dir}  (adapter/, loss.png, metrics.jsonl, summary.json, recipe.yaml)")
+    print(f"  train it again with your changes: afinar train {recipe_path} --set train.epochs=3")
+    return {"recipe": recipe, "report": report, "prepared": prepared, "result": result, "comparison": comparison}
+
+
+def compare(run_dir: Path, held_out) -> list[dict]:
+    """Answers of the base model and of the tuned model to a few held-out questions."""
+    from afinar.generation import generate_answer, load_run
+
+    run = load_run(run_dir)
+    questions = [ex for ex in held_out if ex.kind == "original"][:COMPARE_QUESTIONS]
+    questions += [ex for ex in held_out if ex.kind == "negative"][:1]
+    rows = []
+    for ex in questions:
+        messages = [{"role": "user", "content": ex.first_user()}]
+        ask = lambda: generate_answer(run.model, run.tokenizer, messages, run.recipe.system_prompt,
+                                      run.recipe.generation, COMPARE_TOKENS)
+        with run.model.disable_adapter():
+            base = ask()
+        rows.append({"question": ex.first_user(), "base": base, "tuned": ask(), "reference": ex.last_answer()})
+    return rows
+
+
+def _short(text: str, limit: int = 240) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + " ..."

@@ -38,7 +38,7 @@ data:
   paraphrases: 1            # template rewrites of each question (robustness to wording)
   negatives: 0.1            # share of out-of-domain questions answered with the refusal
 
-lora: {{r: 16, alpha: 32, dropout: 0.05, target_modules: auto}}
+lora: {{r: 16, alpha: 32, dropout: 0.0, target_modules: auto}}
 
 train:
   epochs: 3

@@ -33,7 +33,7 @@ import torch
 from afinar.chat_template import encode_chat, with_system
 from afinar.errors import AfinarError
 from afinar.recipe import Recipe
-from afinar.training.batches import collate, epoch_order
+from afinar.training.batches import collate, epoch_order, split_micro
 from afinar.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from afinar.training.loss import AnswerOnlyLM, eval_loss
 from afinar.training.runtime import TrainSetup, preflight, resolve_setup
@@ -87,8 +87,11 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, log=print) -> TrainResult:
+def train(recipe: Recipe, *, resume: bool = False, reuse_data: bool = False, progress: bool = True, log=print) -> TrainResult:
     """Fine-tune `recipe.base_model` on the recipe's data and write runs/<name>/.
+
+    `reuse_data` trains on runs/<name>/data as already prepared (by `afinar data prepare`)
+    instead of preparing it again; `resume` implies it.
 
     Raises:
         AfinarError: bad data, unwritable output, no disk space, non-finite loss.
@@ -103,7 +106,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, log=pr
     if main:
         preflight(recipe, run_dir, resume)
     accelerator.wait_for_everyone()
-    tokenizer, train_set, eval_set = _data(recipe, run_dir, accelerator, resume, log if main else _quiet)
+    tokenizer, train_set, eval_set = _data(recipe, run_dir, accelerator, resume or reuse_data, log if main else _quiet)
     model = _model(recipe, setup, accelerator.device, log if main else _quiet)
     loop = _Loop(recipe, setup, run_dir, accelerator, model, tokenizer, train_set, eval_set, progress, log)
     return loop.run(resume)
@@ -113,15 +116,16 @@ def _quiet(*args, **kwargs):
     pass
 
 
-def _data(recipe, run_dir, accelerator, resume, log):
+def _data(recipe, run_dir, accelerator, reuse: bool, log):
     from afinar.data import load_prepared, prepare_data
     from afinar.models import load_tokenizer
 
     tokenizer = load_tokenizer(recipe.base_model, recipe.trust_remote_code, recipe.chat_template)
     data_dir = run_dir / "data"
-    if accelerator.is_main_process and not (resume and (data_dir / "train.jsonl").exists()):
+    if accelerator.is_main_process and not (reuse and (data_dir / "train.jsonl").exists()):
         prepared = prepare_data(recipe, data_dir, tokenizer, recipe.base_model)
         log(f"data: {prepared.summary()}")
+    if accelerator.is_main_process:
         (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     accelerator.wait_for_everyone()
     encode = lambda exs: [encode_chat(tokenizer, with_system(ex.messages, recipe.system_prompt)) for ex in exs]
@@ -207,6 +211,8 @@ class _Loop:
 
     def _step(self, group: list[list[int]], bar) -> None:
         began = time.perf_counter()
+        if not self.setup.packing:  # packed rows are already sized by max_seq_len
+            group = [micro for idx in group for micro in split_micro(idx, self.train_set, self.setup.micro_batch_tokens)]
         batches = [collate(self.train_set, idx, self.pad_id, self.setup.packing) for idx in group]
         n_labels = max(1, sum(b.n_label_tokens for b in batches))
         total = 0.0

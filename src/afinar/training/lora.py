@@ -8,6 +8,8 @@ quantisation and bf16 compute through bitsandbytes; the adapters stay in fp32.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from afinar.errors import AfinarError
@@ -49,6 +51,9 @@ def load_base(recipe: Recipe, dtype: torch.dtype, device: torch.device | str = "
     """The base causal LM, frozen, in `dtype` (or NF4 for QLoRA). Safetensors only."""
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars for a 1-second step are noise
     path = resolve_model_path(recipe.base_model)
     kwargs = {"dtype": dtype, "trust_remote_code": recipe.trust_remote_code, "token": hub_token(), "use_safetensors": True}
     if recipe.quantization == "nf4":
@@ -72,6 +77,8 @@ def attach_lora(model, recipe: Recipe, gradient_checkpointing: bool):
     """Wrap the model with trainable LoRA adapters (peft)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    # peft still calls transformers' deprecated is_gradient_checkpointing; nothing for users to do
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     targets = target_modules(recipe, model.config.model_type)
     check_targets(model, targets)
     if recipe.quantization == "nf4":

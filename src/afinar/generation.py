@@ -1,0 +1,64 @@
+"""Load a trained assistant and generate answers with the chat template it was trained with.
+
+`load_run(run_dir)` returns the base model with the run's adapter, the tokenizer saved with the
+adapter (so the chat template is the trained one) and the resolved recipe. `generate_answer`
+renders the conversation with `render_prompt`, decodes greedily by default (the recipe's
+`generation` settings), stops at the template's end-of-turn token and uses the KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from afinar.chat_template import render_prompt, with_system
+from afinar.errors import AfinarError
+from afinar.recipe import GenerationConfig, Recipe, load_recipe
+
+
+@dataclass
+class LoadedRun:
+    model: object  # peft.PeftModel
+    tokenizer: object
+    recipe: Recipe
+    run_dir: Path
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """The run's base model with its adapter, in bf16 where the CPU supports it."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from afinar.training.lora import load_base
+    from afinar.training.runtime import resolve_setup
+
+    run_dir = Path(run_dir)
+    adapter = run_dir / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise AfinarError(f"{run_dir}: no trained adapter here (expected {adapter}); run `afinar train` first")
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    setup = resolve_setup(recipe)
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    base = load_base(recipe, setup.weights_dtype, setup.device)
+    base.config.use_cache = True
+    model = PeftModel.from_pretrained(base, adapter)
+    model.eval()
+    return LoadedRun(model, tokenizer, recipe, run_dir)
+
+
+@torch.no_grad()
+def generate_answer(model, tokenizer, messages: list[dict[str, str]], system_prompt: str | None,
+                    gen: GenerationConfig, max_new_tokens: int | None = None) -> str:
+    """The assistant's next reply to `messages` (stops at the end-of-turn token)."""
+    prompt = render_prompt(tokenizer, with_system(messages, system_prompt))
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    sample = gen.temperature > 0
+    out = model.generate(
+        **inputs, max_new_tokens=max_new_tokens or gen.max_new_tokens, do_sample=sample,
+        temperature=gen.temperature if sample else None, top_p=gen.top_p if sample else None,
+        repetition_penalty=gen.repetition_penalty, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, use_cache=True,
+    )
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()

@@ -1,0 +1,32 @@
+"""Integration: the real embedded model (SmolLM2-135M) trains a few steps, LoRA and QLoRA."""
+
+import pytest
+
+from afinar.demo import demo_recipe_path
+from afinar.generation import generate_answer, load_run
+from afinar.recipe import load_recipe
+from afinar.training import train
+
+pytestmark = pytest.mark.integration
+
+
+def demo_recipe(tmp_path, *overrides):
+    return load_recipe(demo_recipe_path(), [f"train.output_dir={tmp_path / 'runs'}", "train.batch_size=2",
+                                            "data.eval_fraction=0.05", "data.paraphrases=0", *overrides])
+
+
+def test_embedded_lora_trains_and_answers(tmp_path, embedded):
+    result = train(demo_recipe(tmp_path, "train.max_steps=3"), progress=False)
+    assert result.steps == 3 and result.best_eval_loss < result.base_eval_loss
+    run = load_run(result.run_dir)
+    answer = generate_answer(run.model, run.tokenizer, [{"role": "user", "content": "¿Qué es una pila?"}],
+                             run.recipe.system_prompt, run.recipe.generation, max_new_tokens=12)
+    assert answer and "<|im_end|>" not in answer
+
+
+def test_embedded_qlora_nf4_trains_on_cpu(tmp_path, embedded):
+    from safetensors.torch import load_file
+
+    result = train(demo_recipe(tmp_path, "quantization=nf4", "train.max_steps=1"), progress=False)
+    adapter = load_file(result.adapter_dir / "adapter_model.safetensors")
+    assert result.steps == 1 and any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
