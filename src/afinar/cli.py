@@ -149,6 +149,47 @@ def _print_train_result(result) -> None:
     click.echo(f"adapter: {result.adapter_dir}\nloss curve: {result.run_dir / 'loss.png'}")
 
 
+@main.command("chat")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--interview", is_flag=True, help="Run the recipe's guided interview, then answer it.")
+@click.option("--mode", type=click.Choice(["off", "refuse", "strict"]), default=None, help="Guard mode (default: the recipe's).")
+def chat_cmd(runs, interview, mode):
+    """Chat in the terminal with one or more trained runs (one base, several adapters)."""
+    from afinar.chat import run_chat, run_interview
+    from afinar.engine import Engine
+
+    engine = Engine(list(runs), mode)
+    write = lambda text: click.echo(text, nl=False)
+    note = lambda text: click.secho(text, fg="yellow", err=True)
+    read = lambda: input("> ")
+    if interview:
+        run_interview(engine, read, write, note)
+    else:
+        run_chat(engine, read, write, note)
+
+
+@main.command("ask")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("question", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per answer.")
+@click.option("--mode", type=click.Choice(["off", "refuse", "strict"]), default=None, help="Guard mode (default: the recipe's).")
+@click.option("--max-new-tokens", type=int, default=None, help="Longest answer (default: the recipe's).")
+def ask_cmd(run, question, as_json, mode, max_new_tokens):
+    """Answer one question (or one per line of stdin when none is given)."""
+    from afinar.engine import Engine
+
+    engine = Engine([run], mode)
+    questions = [question] if question else [line.strip() for line in sys.stdin if line.strip()]
+    for q in questions:
+        reply = engine.reply([{"role": "user", "content": q}], max_new_tokens=max_new_tokens)
+        if as_json:
+            click.echo(json.dumps(reply.to_dict(), ensure_ascii=False))
+        else:
+            from afinar.chat import marker
+
+            click.echo(reply.answer + (f"\n{marker(reply)}" if marker(reply) else ""))
+
+
 @main.command("doctor")
 @click.argument("recipe_path", required=False, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")

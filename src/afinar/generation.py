@@ -48,17 +48,26 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(model, tokenizer, recipe, run_dir)
 
 
+def generation_inputs(model, tokenizer, messages: list[dict[str, str]], system_prompt: str | None,
+                      gen: GenerationConfig, max_new_tokens: int | None = None) -> tuple[dict, dict]:
+    """(model inputs, generate() settings) for the next reply: the trained chat template, the
+    recipe's decoding settings (greedy when temperature is 0), stop at the end-of-turn token."""
+    prompt = render_prompt(tokenizer, with_system(messages, system_prompt))
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    sample = gen.temperature > 0
+    settings = {
+        "max_new_tokens": max_new_tokens or gen.max_new_tokens, "do_sample": sample,
+        "temperature": gen.temperature if sample else None, "top_p": gen.top_p if sample else None,
+        "repetition_penalty": gen.repetition_penalty, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id, "use_cache": True,
+    }
+    return dict(inputs), settings
+
+
 @torch.no_grad()
 def generate_answer(model, tokenizer, messages: list[dict[str, str]], system_prompt: str | None,
                     gen: GenerationConfig, max_new_tokens: int | None = None) -> str:
     """The assistant's next reply to `messages` (stops at the end-of-turn token)."""
-    prompt = render_prompt(tokenizer, with_system(messages, system_prompt))
-    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-    sample = gen.temperature > 0
-    out = model.generate(
-        **inputs, max_new_tokens=max_new_tokens or gen.max_new_tokens, do_sample=sample,
-        temperature=gen.temperature if sample else None, top_p=gen.top_p if sample else None,
-        repetition_penalty=gen.repetition_penalty, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, use_cache=True,
-    )
+    inputs, settings = generation_inputs(model, tokenizer, messages, system_prompt, gen, max_new_tokens)
+    out = model.generate(**inputs, **settings)
     return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()

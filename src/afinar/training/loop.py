@@ -326,6 +326,12 @@ class _Loop:
             if s["best_step"] is None:
                 self._save_adapter(self.run_dir / "adapter")
             write_outputs(self.run_dir, self.recipe, self.metrics, s)
+            if self.recipe.guard_mode != "off":
+                from afinar.guard.store import build_run_guard
+
+                t = build_run_guard(self.run_dir).thresholds
+                self.log(f"guard: {self.recipe.guard_mode} mode, thresholds refuse {t.refuse:.3f} / strict {t.strict:.3f} "
+                         f"(saved in {self.run_dir / 'guard'})")
         losses = [m["loss"] for m in self.metrics if "loss" in m]
         return TrainResult(self.run_dir, self.run_dir / "adapter", s["step"], s["tokens"], s["seconds"],
                            s["base_eval_loss"], s["best_eval_loss"], s["best_step"], losses[-1] if losses else None,

@@ -8,8 +8,6 @@ quantisation and bf16 compute through bitsandbytes; the adapters stay in fp32.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
 from afinar.errors import AfinarError
@@ -77,14 +75,15 @@ def attach_lora(model, recipe: Recipe, gradient_checkpointing: bool):
     """Wrap the model with trainable LoRA adapters (peft)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    # peft still calls transformers' deprecated is_gradient_checkpointing; nothing for users to do
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     targets = target_modules(recipe, model.config.model_type)
     check_targets(model, targets)
     if recipe.quantization == "nf4":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                         target_modules=targets, use_dora=recipe.lora.dora, bias="none", task_type="CAUSAL_LM")

@@ -1,0 +1,55 @@
+"""Build a run's guard from its prepared data, save it in runs/<name>/guard/, load it back.
+
+Records: every curated answer of the run's data (train and eval sides, since strict mode must
+be able to return any of them), with the questions that lead to it (originals and paraphrases).
+Refusal examples are not records. Calibration negatives: the bundled out-of-domain questions and
+injection attempts of the training pool (the eval pool stays unseen for `afinar eval`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from afinar.data import load_prepared
+from afinar.data.augment import bundled_negatives
+from afinar.data.check import normalise_text
+from afinar.guard.guard import DomainGuard, Record
+
+GUARD_DIR = "guard"
+
+
+def records_from_run(run_dir: Path) -> list[Record]:
+    by_answer: dict[str, Record] = {}
+    for split in ("train.jsonl", "eval.jsonl"):
+        path = run_dir / "data" / split
+        if not path.exists():
+            continue
+        for ex in load_prepared(path):
+            if ex.kind == "negative":
+                continue
+            key = normalise_text(ex.last_answer())
+            rec = by_answer.setdefault(key, Record([], ex.last_answer(), ex.meta.get("source") or ""))
+            if ex.first_user() not in rec.questions:
+                rec.questions.append(ex.first_user())
+    return list(by_answer.values())
+
+
+def build_run_guard(run_dir: Path, embedder=None) -> DomainGuard:
+    """Build, calibrate and save the guard of a trained run."""
+    from afinar.guard import load_embedder
+
+    records = records_from_run(run_dir)
+    guard = DomainGuard(records, embedder or load_embedder())
+    guard.calibrate(list(bundled_negatives()[0]))
+    guard.save(run_dir / GUARD_DIR)
+    return guard
+
+
+def load_run_guard(run_dir: Path, embedder=None) -> DomainGuard:
+    """The run's saved guard (built now if the run has none yet)."""
+    from afinar.guard import load_embedder
+
+    folder = run_dir / GUARD_DIR
+    if not (folder / "guard.json").exists():
+        return build_run_guard(run_dir, embedder)
+    return DomainGuard.load(folder, embedder or load_embedder())
