@@ -22,5 +22,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration"
 
+bench: $(STAMP)
+	$(PY) bench/train_speed.py
+	$(PY) bench/guard_bench.py > /dev/null
+	$(PY) bench/report.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

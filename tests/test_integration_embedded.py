@@ -24,6 +24,22 @@ def test_embedded_lora_trains_and_answers(tmp_path, embedded):
     assert answer and "<|im_end|>" not in answer
 
 
+def test_embedded_ask_cli_refuses_out_of_domain_and_answers_in_domain(tmp_path, embedded):
+    import json
+
+    from click.testing import CliRunner
+
+    from afinar.cli import main
+
+    result = train(demo_recipe(tmp_path, "train.max_steps=1"), progress=False)
+    out = CliRunner().invoke(main, ["ask", str(result.run_dir), "--json", "--max-new-tokens", "16"],
+                             input="¿Quién ganó el mundial de fútbol de 2010?\n¿Qué es una pila y cuándo se usa?\n")
+    assert out.exit_code == 0, out.output
+    ood, inside = [json.loads(line) for line in out.output.splitlines()]
+    assert ood["refused"] is True and ood["answer"].startswith("Lo siento")
+    assert inside["refused"] is False and inside["answer"] and inside["mode"] == "refuse"
+
+
 def test_embedded_qlora_nf4_trains_on_cpu(tmp_path, embedded):
     from safetensors.torch import load_file
 

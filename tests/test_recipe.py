@@ -59,3 +59,10 @@ def test_every_field_is_documented():
     rows = field_docs()
     assert len(rows) > 30
     assert all(doc for _, _, doc in rows), [k for k, _, d in rows if not d]
+
+
+def test_yaml_on_off_words_are_accepted(tmp_path):
+    """Regression: YAML 1.1 reads bare on/off as booleans, which failed `packing: on` and `mode: off`."""
+    write(tmp_path / "d.csv", "q,a\n")
+    recipe = load_recipe(write(tmp_path / "r.yaml", "data: {files: [d.csv]}\ntrain: {packing: on, gradient_checkpointing: off}\nguard: {mode: off}\n"))
+    assert (recipe.train.packing, recipe.train.gradient_checkpointing, recipe.guard.mode) == ("on", "off", "off")

@@ -192,3 +192,10 @@ def test_hf_token_never_reaches_the_run_folder(tmp_path, tiny_model_dir, monkeyp
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert secret not in capsys.readouterr().out
+
+
+def test_two_trainings_with_different_precision_in_one_process(tmp_path, tiny_model_dir):
+    """Regression: accelerate's process-wide state refused a bf16 run after an fp32 one."""
+    train(tiny_recipe(tmp_path / "a", tiny_model_dir, "train.max_steps=1", "train.precision=fp32"), progress=False)
+    result = train(tiny_recipe(tmp_path / "b", tiny_model_dir, "train.max_steps=1", "train.precision=bf16"), progress=False)
+    assert result.steps == 1

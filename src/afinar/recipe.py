@@ -79,6 +79,12 @@ class GuardConfig(_Section):
         "auto", description="'refuse': out-of-domain questions get the refusal; 'strict': only curated answers; 'auto': refuse when a refusal is set, else off.")
     threshold: float | None = Field(None, description="In-domain score threshold; unset: calibrated from the training data.")
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        """YAML reads a bare `off` as false."""
+        return "off" if value is False else value
+
 
 class GenerationConfig(_Section):
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Longest answer in tokens.")

@@ -98,9 +98,14 @@ def train(recipe: Recipe, *, resume: bool = False, reuse_data: bool = False, pro
         TrainingInterrupted: stopped by a signal after saving a checkpoint.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     run_dir = Path(recipe.train.output_dir) / recipe.name
     setup = resolve_setup(recipe)
+    # accelerate keeps one AcceleratorState per process and refuses a second Accelerator with
+    # another precision; a process that trains twice (tests, the web studio) needs it cleared.
+    # The process group (PartialState) is kept, so multi-process launches are unaffected.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=setup.mixed_precision, cpu=setup.device == "cpu")
     main = accelerator.is_main_process
     if main:
@@ -236,7 +241,9 @@ class _Loop:
     def _record(self, loss: float, lr: float, batches, seconds: float, bar) -> None:
         s = self.state
         s["step"] += 1
-        tokens = sum(b.n_tokens for b in batches) * self.acc.num_processes
+        tokens = sum(b.n_tokens for b in batches)
+        if self.acc.num_processes > 1:  # every rank's real tokens, not rank 0's times the world size
+            tokens = int(self.acc.reduce(torch.tensor(tokens, device=self.acc.device), reduction="sum"))
         s["tokens"] += tokens
         s["seconds"] += seconds
         row = {"step": s["step"], "epoch": round(s["epoch"] + s["batch"] / max(1, self.steps_per_epoch * self.recipe.train.grad_accum), 3),
