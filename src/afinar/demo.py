@@ -4,8 +4,9 @@ Steps (each prints what it does and what it found; long ones show a progress bar
   1. check the bundled dataset (afinar data check)
   2. prepare train/eval splits with paraphrases and refusals (afinar data prepare)
   3. fine-tune LoRA adapters on the embedded model on this CPU (afinar train)
-  4. compare the base and the tuned model: eval loss, and answers to held-out questions
-  5. say where everything is and what to run next
+  4. compare the base model and the tuned assistant (adapter + domain guard): eval loss, and
+     answers to held-out questions and to an out-of-domain one
+  5. say where everything is and how to chat with it
 """
 
 from __future__ import annotations
@@ -55,33 +56,40 @@ def run_demo(workdir: Path, overrides: list[str] | None = None, progress: bool =
     print(f"  {result.steps} steps, {result.tokens} tokens in {result.seconds / 60:.1f} min "
           f"({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s)")
 
-    _step(4, "Base model vs tuned model")
+    _step(4, "Base model vs tuned assistant")
     comparison = compare(run_dir, prepared.eval)
     print(f"  eval loss on held-out answers: base {result.base_eval_loss:.3f} -> tuned {result.best_eval_loss:.3f}")
     for row in comparison:
         print(f"\n  Q: {row['question']}\n  base : {_short(row['base'])}\n  tuned: {_short(row['tuned'])}")
 
     _step(5, "Done")
-    print(f"  run folder: {run_dir}  (adapter/, loss.png, metrics.jsonl, summary.json, recipe.yaml)")
+    print(f"  run folder: {run_dir}  (adapter/, guard/, loss.png, metrics.jsonl, summary.json, recipe.yaml)")
+    print(f"  chat with it:  afinar chat {run_dir}")
+    print(f"  one question:  afinar ask {run_dir} \"¿Qué es una cola de prioridad?\" --json")
     print(f"  train it again with your changes: afinar train {recipe_path} --set train.epochs=3")
     return {"recipe": recipe, "report": report, "prepared": prepared, "result": result, "comparison": comparison}
 
 
 def compare(run_dir: Path, held_out) -> list[dict]:
-    """Answers of the base model and of the tuned model to a few held-out questions."""
-    from afinar.generation import generate_answer, load_run
+    """Answers of the base model (plain generation) and of the tuned assistant (adapter and
+    guard, as `afinar chat` serves it) to a few held-out questions and an out-of-domain one."""
+    from afinar.chat import marker
+    from afinar.engine import Engine
+    from afinar.generation import generate_answer
 
-    run = load_run(run_dir)
+    engine = Engine([run_dir])
+    persona = engine.persona()
     questions = [ex for ex in held_out if ex.kind == "original"][:COMPARE_QUESTIONS]
     questions += [ex for ex in held_out if ex.kind == "negative"][:1]
     rows = []
     for ex in questions:
         messages = [{"role": "user", "content": ex.first_user()}]
-        ask = lambda: generate_answer(run.model, run.tokenizer, messages, run.recipe.system_prompt,
-                                      run.recipe.generation, COMPARE_TOKENS)
-        with run.model.disable_adapter():
-            base = ask()
-        rows.append({"question": ex.first_user(), "base": base, "tuned": ask(), "reference": ex.last_answer()})
+        with engine.model.disable_adapter():
+            base = generate_answer(engine.model, persona.tokenizer, messages, persona.recipe.system_prompt,
+                                   persona.recipe.generation, COMPARE_TOKENS)
+        reply = engine.reply(messages, max_new_tokens=COMPARE_TOKENS)
+        tuned = f"{reply.answer} {marker(reply)}".strip()
+        rows.append({"question": ex.first_user(), "base": base, "tuned": tuned, "reference": ex.last_answer()})
     return rows
 
 
