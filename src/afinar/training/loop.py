@@ -192,6 +192,7 @@ class _Loop:
             self._resume()
         if self.state["base_eval_loss"] is None and self.eval_set:
             self.state["base_eval_loss"] = self._eval(base=True)
+            self._log_metrics({"step": 0, "eval_loss": round(self.state["base_eval_loss"], 5)})  # the curve starts at the base
             self.log(f"eval loss before training (base model): {self.state['base_eval_loss']:.4f}")
         self.log(f"training: {len(self.train_set)} examples, {self.total_steps} steps "
                  f"({self.steps_per_epoch} per epoch), eval on {len(self.eval_set)} examples -> {self.run_dir}")
