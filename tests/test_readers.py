@@ -101,3 +101,9 @@ def test_missing_file_and_folder(tmp_path):
         read_file(tmp_path / "nope.csv")
     with pytest.raises(DataError, match="is a folder"):
         read_file(tmp_path)
+
+
+def test_unknown_file_type_is_refused(tmp_path):
+    """Regression: a Markdown file was parsed as CSV and produced dozens of row errors."""
+    with pytest.raises(DataError, match=r"unsupported file type '.md'"):
+        read_file(write(tmp_path / "notes.md", "# title\n\ntext, more\n"))

@@ -135,6 +135,8 @@ def detect_format(path: Path, text: str) -> str:
         return "jsonl"
     if ext == ".json":
         return "json"
+    if ext not in ("", ".txt"):
+        raise DataError(f"{path}: unsupported file type {ext!r}; afinar reads .csv, .tsv, .json, .jsonl (or .txt holding one of them)")
     head = text.lstrip()
     if head.startswith("["):
         return "json"
