@@ -31,7 +31,7 @@ def test_doctor_with_recipe_estimates_memory_and_time(tmp_path, tiny_model_dir):
 def test_doctor_warns_when_a_run_will_not_fit(tmp_path, tiny_model_dir, monkeypatch):
     from afinar.training import runtime
 
-    monkeypatch.setattr(runtime, "_available_ram", lambda: 1024)
+    monkeypatch.setattr(runtime, "available_ram", lambda: 1024)
     tiny_recipe(tmp_path, tiny_model_dir)
     result = CliRunner().invoke(main, ["doctor", str(tmp_path / "r.yaml")])
     assert "will not fit" in result.output

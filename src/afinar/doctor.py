@@ -85,7 +85,7 @@ def matmul_flops(dtype: torch.dtype = torch.bfloat16, size: int = 1024, seconds:
 
 def environment() -> dict[str, str]:
     """Facts about this machine that decide how afinar trains."""
-    from afinar.training.runtime import _available_ram, cpu_supports_bf16
+    from afinar.training.runtime import available_ram, cpu_supports_bf16
 
     info = {"torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu"}
     if torch.cuda.is_available():
@@ -95,7 +95,7 @@ def environment() -> dict[str, str]:
     else:
         info["cpu threads"] = str(torch.get_num_threads())
         info["bf16"] = "yes (AVX-512 BF16/AMX)" if cpu_supports_bf16() else "no (fp32)"
-    info["free memory"] = f"{_available_ram() / GIB:.1f} GB RAM"
+    info["free memory"] = f"{available_ram() / GIB:.1f} GB RAM"
     info["bitsandbytes"] = _bnb_backend()
     return info
 

@@ -16,12 +16,12 @@ def doctor_lines(recipe_path: Path | None, overrides: list[str]) -> list[str]:
     from afinar.data import check_data
     from afinar.models import load_tokenizer
     from afinar.recipe import load_recipe
-    from afinar.training.runtime import _available_ram, resolve_setup
+    from afinar.training.runtime import available_ram, resolve_setup
 
     recipe = load_recipe(recipe_path, overrides)
     setup = resolve_setup(recipe)
     est = estimate_memory(recipe, setup.gradient_checkpointing)
-    available = torch.cuda.get_device_properties(0).total_memory if setup.device == "cuda" else _available_ram()
+    available = torch.cuda.get_device_properties(0).total_memory if setup.device == "cuda" else available_ram()
     lines += ["", f"recipe         {recipe.name}: {recipe.base_model}, {recipe.quantization if recipe.quantization != 'none' else 'LoRA'}, {setup.describe()}",
               f"parameters     {est.parameters / 1e6:.0f}M base, ~{est.trainable / 1e6:.1f}M trainable (LoRA r={recipe.lora.r})",
               f"peak memory    ~{est.peak_bytes / GIB:.1f} GB (weights {est.weights_bytes / GIB:.2f}, adapters+optimizer "

@@ -32,6 +32,7 @@ import torch
 
 from afinar.chat_template import encode_chat, with_system
 from afinar.errors import AfinarError
+from afinar.io import atomic_write_text
 from afinar.recipe import Recipe
 from afinar.training.batches import collate, epoch_order, split_micro
 from afinar.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -130,8 +131,8 @@ def _data(recipe, run_dir, accelerator, reuse: bool, log):
     if accelerator.is_main_process and not (reuse and (data_dir / "train.jsonl").exists()):
         prepared = prepare_data(recipe, data_dir, tokenizer, recipe.base_model)
         log(f"data: {prepared.summary()}")
-    if accelerator.is_main_process:
-        (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    if accelerator.is_main_process:  # written first, so even an interrupted run can be reproduced
+        atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     accelerator.wait_for_everyone()
     encode = lambda exs: [encode_chat(tokenizer, with_system(ex.messages, recipe.system_prompt)) for ex in exs]
     train_set = [e for e in encode(load_prepared(data_dir / "train.jsonl")) if e.n_label_tokens]

@@ -102,11 +102,11 @@ def _needs_checkpointing(recipe: Recipe, device: str) -> bool:
         return False
     if est is None:
         return False
-    available = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else _available_ram()
+    available = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else available_ram()
     return est.peak_bytes > 0.8 * available
 
 
-def _available_ram() -> int:
+def available_ram() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -137,11 +137,10 @@ def preflight(recipe: Recipe, run_dir: Path, resume: bool) -> None:
 
 
 def write_outputs(run_dir: Path, recipe: Recipe, metrics: list[dict], state: dict) -> None:
-    """summary.json, loss.png, the resolved recipe; the adapter folder is already in place."""
-    from afinar.io import atomic_write_json, atomic_write_text
+    """summary.json and loss.png; the adapter and the resolved recipe are already in place."""
+    from afinar.io import atomic_write_json
     from afinar.training.plots import plot_loss
 
-    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     plot_loss(metrics, run_dir / "loss.png", f"{recipe.name}: loss")
     summary = {k: state[k] for k in ("step", "tokens", "seconds", "base_eval_loss", "best_eval_loss", "best_step")}
     summary["tokens_per_s"] = round(state["tokens"] / max(state["seconds"], 1e-9), 1)
