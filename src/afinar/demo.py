@@ -42,13 +42,14 @@ def run_demo(workdir: Path, overrides: list[str] | None = None, progress: bool =
 
     _step(1, f"Checking {Path(recipe.data.files[0]).name}")
     tokenizer = load_tokenizer(recipe.base_model, recipe.trust_remote_code, recipe.chat_template)
-    report = check_data(recipe.data.files, tokenizer=tokenizer, tokenizer_name=recipe.base_model,
-                        system_prompt=recipe.system_prompt, max_seq_len=recipe.train.max_seq_len)
+    report = check_data(recipe.data.files, schema=recipe.data.schema_, columns=recipe.data.columns,
+                        tokenizer=tokenizer, tokenizer_name=recipe.base_model, system_prompt=recipe.system_prompt,
+                        max_seq_len=recipe.train.max_seq_len, min_examples=recipe.data.min_examples)
     for line in report.summary_lines():
         print("  " + line)
 
     _step(2, "Preparing train/eval data (split by answer, paraphrases, out-of-domain refusals)")
-    prepared = prepare_data(recipe, run_dir / "data", tokenizer, recipe.base_model)
+    prepared = prepare_data(recipe, run_dir / "data", tokenizer, recipe.base_model, report=report)
     print("  " + prepared.summary())
 
     _step(3, f"Training LoRA adapters ({recipe.train.epochs:g} epochs on this machine)")

@@ -46,10 +46,14 @@ class PreparedData:
                 f"{c['duplicates_removed']} duplicates removed, {c['invalid_skipped']} invalid records skipped")
 
 
-def prepare_data(recipe: Recipe, out_dir: str | Path, tokenizer=None, tokenizer_name: str | None = None) -> PreparedData:
-    """Check, split, augment and write the recipe's data. Raises DataError when the data has errors."""
+def prepare_data(recipe: Recipe, out_dir: str | Path, tokenizer=None, tokenizer_name: str | None = None,
+                 report: DataReport | None = None) -> PreparedData:
+    """Check, split, augment and write the recipe's data. Raises DataError when the data has errors.
+
+    `report`: a `check_data` report of the same files and settings, to avoid checking twice.
+    """
     d = recipe.data
-    report = check_data(d.files, schema=d.schema_, columns=d.columns, tokenizer=tokenizer,
+    report = report or check_data(d.files, schema=d.schema_, columns=d.columns, tokenizer=tokenizer,
                         tokenizer_name=tokenizer_name, system_prompt=recipe.system_prompt,
                         max_seq_len=recipe.train.max_seq_len if tokenizer is not None else None,
                         min_examples=d.min_examples)
