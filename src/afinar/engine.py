@@ -73,25 +73,23 @@ class Engine:
         if name in self.personas:
             raise AfinarError(f"two runs are named {name!r}; rename one (recipe `name`)")
         chosen = mode or recipe.guard_mode
-        guard = load_run_guard(run_dir) if chosen != "off" else None
         if chosen != "off" and not recipe.refusal:
             raise AfinarError(f"{run_dir}: guard mode {chosen!r} needs the recipe's `refusal` message")
+        guard = load_run_guard(run_dir) if chosen != "off" else None
         self.personas[name] = _Persona(name, run_dir, recipe, tokenizer, guard)
         self.personas[name].recipe.guard.mode = chosen
         self._adapter_names[name] = adapter_name
 
     def _load_more(self, run_dir: Path, mode: str | None) -> None:
-        from transformers import AutoTokenizer
+        from afinar.generation import read_run
 
-        from afinar.recipe import load_recipe
-
-        recipe = load_recipe(run_dir / "recipe.yaml")
+        recipe, tokenizer, adapter = read_run(run_dir)
         base = self.personas[next(iter(self.personas))].recipe.base_model
         if recipe.base_model != base:
             raise AfinarError(f"{run_dir}: trained on {recipe.base_model!r}, but the loaded base is {base!r}; "
                               "adapters served together must share one base model")
-        self.model.load_adapter(str(run_dir / "adapter"), adapter_name=recipe.name)
-        self._add(run_dir, recipe, AutoTokenizer.from_pretrained(run_dir / "adapter"), mode, adapter_name=recipe.name)
+        self.model.load_adapter(str(adapter), adapter_name=recipe.name)
+        self._add(run_dir, recipe, tokenizer, mode, adapter_name=recipe.name)
 
     @property
     def names(self) -> list[str]:

@@ -26,26 +26,31 @@ class LoadedRun:
     run_dir: Path
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """The run's base model with its adapter, in bf16 where the CPU supports it."""
-    from peft import PeftModel
+def read_run(run_dir: str | Path) -> tuple[Recipe, object, Path]:
+    """(resolved recipe, tokenizer saved with the adapter, adapter folder) of a trained run."""
     from transformers import AutoTokenizer
-
-    from afinar.training.lora import load_base
-    from afinar.training.runtime import resolve_setup
 
     run_dir = Path(run_dir)
     adapter = run_dir / "adapter"
     if not (adapter / "adapter_config.json").exists():
         raise AfinarError(f"{run_dir}: no trained adapter here (expected {adapter}); run `afinar train` first")
-    recipe = load_recipe(run_dir / "recipe.yaml")
+    return load_recipe(run_dir / "recipe.yaml"), AutoTokenizer.from_pretrained(adapter), adapter
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """The run's base model with its adapter, in bf16 where the CPU supports it."""
+    from peft import PeftModel
+
+    from afinar.training.lora import load_base
+    from afinar.training.runtime import resolve_setup
+
+    recipe, tokenizer, adapter = read_run(run_dir)
     setup = resolve_setup(recipe)
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
     base = load_base(recipe, setup.weights_dtype, setup.device)
     base.config.use_cache = True
     model = PeftModel.from_pretrained(base, adapter)
     model.eval()
-    return LoadedRun(model, tokenizer, recipe, run_dir)
+    return LoadedRun(model, tokenizer, recipe, Path(run_dir))
 
 
 def generation_inputs(model, tokenizer, messages: list[dict[str, str]], system_prompt: str | None,
