@@ -130,3 +130,18 @@ def test_adapters_must_share_a_base(runs, tmp_path):
     (other / "recipe.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
     with pytest.raises(AfinarError, match="must share one base model"):
         Engine([runs[0], other])
+
+
+def test_recipe_threshold_overrides_calibration(runs, tmp_path):
+    """Regression: `guard.threshold` was accepted by the recipe but never applied."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "strictest"
+    shutil.copytree(runs[0], run)
+    data = yaml.safe_load((run / "recipe.yaml").read_text())
+    data["guard"]["threshold"] = 1.5  # no score reaches it: everything is refused
+    (run / "recipe.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    reply = Engine([run], "strict").reply([{"role": "user", "content": "que es la pila 7"}])
+    assert reply.refused and reply.answer == REFUSAL
