@@ -11,6 +11,7 @@ Steps (each prints what it does and what it found; long ones show a progress bar
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -58,10 +59,11 @@ def run_demo(workdir: Path, overrides: list[str] | None = None, progress: bool =
           f"({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s)")
 
     _step(4, "Base model vs tuned assistant")
-    comparison = compare(run_dir, prepared.eval)
     print(f"  eval loss on held-out answers: base {result.base_eval_loss:.3f} -> tuned {result.best_eval_loss:.3f}")
-    for row in comparison:
-        print(f"\n  Q: {row['question']}\n  base : {_short(row['base'])}\n  tuned: {_short(row['tuned'])}")
+    comparison = []
+    for row in compare(run_dir, prepared.eval):  # printed as each answer is ready (~10 s apiece here)
+        comparison.append(row)
+        print(f"\n  Q: {row['question']}\n  base : {_short(row['base'])}\n  tuned: {_short(row['tuned'])}", flush=True)
 
     _step(5, "Done")
     print(f"  run folder: {run_dir}  (adapter/, guard/, loss.png, metrics.jsonl, summary.json, recipe.yaml)")
@@ -71,7 +73,7 @@ def run_demo(workdir: Path, overrides: list[str] | None = None, progress: bool =
     return {"recipe": recipe, "report": report, "prepared": prepared, "result": result, "comparison": comparison}
 
 
-def compare(run_dir: Path, held_out) -> list[dict]:
+def compare(run_dir: Path, held_out) -> Iterator[dict]:
     """Answers of the base model (plain generation) and of the tuned assistant (adapter and
     guard, as `afinar chat` serves it) to a few held-out questions and an out-of-domain one."""
     from afinar.chat import marker
@@ -82,7 +84,7 @@ def compare(run_dir: Path, held_out) -> list[dict]:
     persona = engine.persona()
     questions = [ex for ex in held_out if ex.kind == "original"][:COMPARE_QUESTIONS]
     questions += [ex for ex in held_out if ex.kind == "negative"][:1]
-    rows = []
+    print(f"  loading the tuned assistant and answering {len(questions)} questions ...", flush=True)
     for ex in questions:
         messages = [{"role": "user", "content": ex.first_user()}]
         with engine.model.disable_adapter():
@@ -90,8 +92,7 @@ def compare(run_dir: Path, held_out) -> list[dict]:
                                    persona.recipe.generation, COMPARE_TOKENS)
         reply = engine.reply(messages, max_new_tokens=COMPARE_TOKENS)
         tuned = f"{reply.answer} {marker(reply)}".strip()
-        rows.append({"question": ex.first_user(), "base": base, "tuned": tuned, "reference": ex.last_answer()})
-    return rows
+        yield {"question": ex.first_user(), "base": base, "tuned": tuned, "reference": ex.last_answer()}
 
 
 def _short(text: str, limit: int = 240) -> str:
