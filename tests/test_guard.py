@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from afinar.guard.guard import DomainGuard, Record, perturb
+from afinar.guard.guard import GUARD_VERSION, MIN_THRESHOLD, DomainGuard, Record
 from afinar.guard.injection import asks_for_instructions, strip_injection
-from afinar.guard.text import IdfIndex, normalise, terms
+from afinar.guard.text import IdfIndex, _content_words, normalise, synonyms, terms
 
 
 class FakeEmbedder:
@@ -82,8 +82,57 @@ def test_guard_routes_refuses_and_calibrates(tmp_path):
     assert again.thresholds == guard.thresholds and again.check("cuanto cuesta el carne", "strict").record.source == "2"
 
 
-def test_perturb_keeps_some_words():
-    import random
+def test_chat_shorthand_and_hyphenated_words_are_normalised():
+    assert normalise("¿Hay Wi-Fi? mándame un e-mail") == "hay wifi mandame un email"
+    assert terms("q papeles piden pa la biblio") == terms("que papeles piden para la biblio")
 
-    out = perturb("¿Cuántos libros puedo pedir prestados?", random.Random(0))
-    assert out and out == normalise(out) and set(out.split()) <= set(normalise("¿Cuántos libros puedo pedir prestados?").split())
+
+def test_synonyms_fold_spanish_variants_and_english_into_one_term():
+    assert terms("precio") == terms("cuesta") == terms("fee") == terms("tarifa")
+    assert terms("library card") == terms("biblioteca carné")
+    assert terms("horario") == terms("abren") and terms("libro") != terms("precio")
+
+
+def test_every_synonym_word_belongs_to_one_group():
+    """Pins a data bug: a word listed in two groups silently joined only the first one."""
+    from importlib import resources
+
+    from afinar.guard.text import _stemmer
+
+    text = (resources.files("afinar") / "resources" / "guard" / "sinonimos.txt").read_text(encoding="utf-8")
+    seen = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("#"):
+            continue
+        for stem in set(_stemmer().stemWords(_content_words(line))):
+            assert stem not in seen, f"line {number}: {stem!r} already in the group of line {seen[stem]}"
+            seen[stem] = number
+    assert len(synonyms()) == len(seen)
+
+
+def test_unknown_words_resolve_to_the_domain_word_they_misspell_or_shorten():
+    index = IdfIndex([terms("¿Qué necesito para sacar el carné de la biblioteca?"), terms("¿Cuánto es la multa?")])
+    assert index.resolve(terms("bibloteca")[0]) == terms("biblioteca")[0]
+    assert index.resolve(terms("biblio")[0]) == terms("biblioteca")[0]
+    assert index.resolve(terms("mutla")[0]) == terms("multa")[0]
+    assert index.resolve("poema") == "poema"  # no domain word is close: stays unknown
+    assert index.coverage(terms("bibloteca"))[0] == pytest.approx(1.0)
+
+
+def test_calibration_keeps_thresholds_above_the_floor_and_reports_its_figures():
+    guard = DomainGuard(RECORDS, FakeEmbedder())
+    t = guard.calibrate(NEGATIVES)
+    assert t.strict >= t.refuse >= MIN_THRESHOLD
+    assert t.calibration["negatives"] == len(NEGATIVES) and t.calibration["own_questions_kept_at_strict"] == 1.0
+
+
+def test_a_guard_saved_by_an_older_afinar_is_not_loaded(tmp_path):
+    import json
+
+    guard = DomainGuard(RECORDS, FakeEmbedder())
+    guard.save(tmp_path / "guard")
+    data = json.loads((tmp_path / "guard" / "guard.json").read_text())
+    assert data["version"] == GUARD_VERSION
+    (tmp_path / "guard" / "guard.json").write_text(json.dumps({**data, "version": 1}))
+    assert DomainGuard.load(tmp_path / "guard", guard.embedder) is None
+    assert DomainGuard.load(tmp_path / "missing", guard.embedder) is None

@@ -46,10 +46,8 @@ def build_run_guard(run_dir: Path, embedder=None) -> DomainGuard:
 
 
 def load_run_guard(run_dir: Path, embedder=None) -> DomainGuard:
-    """The run's saved guard (built now if the run has none yet)."""
+    """The run's saved guard (built now if the run has none, or one saved by an older afinar)."""
     from afinar.guard import load_embedder
 
-    folder = run_dir / GUARD_DIR
-    if not (folder / "guard.json").exists():
-        return build_run_guard(run_dir, embedder)
-    return DomainGuard.load(folder, embedder or load_embedder())
+    embedder = embedder or load_embedder()
+    return DomainGuard.load(run_dir / GUARD_DIR, embedder) or build_run_guard(run_dir, embedder)
