@@ -53,18 +53,23 @@ def packing_section(data: dict | None) -> list[str]:
 
 
 def guard_section(data: dict | None) -> list[str]:
-    if data is None:
+    if data is None or "domains" not in data:
         return ["## Domain guard", "", "Not run yet: `python bench/guard_bench.py`.", ""]
-    lines = ["## Domain guard on an unseen FAQ", "",
-             "Command: `python bench/guard_bench.py`. A 30-row library FAQ written for this benchmark only "
-             "(bench/guard_data/), 130 probes: 60 paraphrases, 30 out-of-domain, 15 near misses, 15 injections, "
-             "10 in-domain questions wrapped in injections. Thresholds calibrated from the FAQ and afinar's "
-             "bundled negatives only.", "",
-             "| mode | accuracy | in-domain wrongly refused | by kind (correct/total) | guard latency p50 |",
-             "|---|---:|---:|---|---:|"]
-    for mode, r in data["modes"].items():
-        kinds = ", ".join(f"{k} {v}" for k, v in r["by_kind"].items())
-        lines.append(f"| {mode} | {r['accuracy']:.1%} | {r['wrongly_refused_in_domain']:.1%} | {kinds} | {r['latency_ms_p50']:.0f} ms |")
+    lines = ["## Domain guard on 30-row FAQs", "",
+             "Command: `python bench/guard_bench.py`. Each FAQ has 130 probes: 60 paraphrases as users type them "
+             "(slang, typos, English), 30 out-of-domain questions, 15 near misses, 15 injections, 10 in-domain "
+             "questions wrapped in injections (bench/guard_data/). `biblioteca` is the development set the guard's "
+             "weights and calibration were chosen on; `veterinaria` and `matricula` were written afterwards by "
+             "someone who saw neither, and are the held-out figures. Thresholds are calibrated from the FAQ and "
+             "afinar's bundled out-of-domain questions only. Targets (issue 4): strict >= 95% correct; refuse "
+             ">= 85% correct with <= 5% of in-domain questions refused.", "",
+             "| FAQ | mode | accuracy | in-domain wrongly refused | by kind (correct/total) | guard latency p50 |",
+             "|---|---|---:|---:|---|---:|"]
+    for name, domain in data["domains"].items():
+        for mode, r in domain["modes"].items():
+            kinds = ", ".join(f"{k} {v}" for k, v in r["by_kind"].items())
+            lines.append(f"| {name} | {mode} | {r['accuracy']:.1%} | {r['wrongly_refused_in_domain']:.1%} | {kinds} "
+                         f"| {r['latency_ms_p50']:.0f} ms |")
     return lines + [""]
 
 
