@@ -26,6 +26,12 @@ _WRAPPERS = [
     r"(actua|act|finge|pretend|haz de cuenta|imagina)\w* (como|as|que eres|to be|que)",
     r"(a partir de ahora|from now on|desde ahora)",
     r"### ?(instruccion|instruction|system|sistema)",
+    r"(olvida|olvidate de|forget)( que)? (eres|you are) (un |una |an? )?(asistente|assistant|bot|ia|ai)\w*",
+    r"(responde|contesta|habla|answer|respond|speak)\w* (sin (restricciones|filtros|limites|reglas)|without (restrictions|filters|limits|rules))",
+    r"(habla|responde|contesta|escribe|talk|speak|answer)\w* (como|like|as) (un |una |a |an )?(pirata|pirate|robot|vaquero|cowboy|nino|child)",
+    r"(admin|administrator|administrador|system|sistema)? ?override",
+    r"(juguemos|vamos a jugar|let s play)( a)? (un )?(juego|game|rol|role)",
+    r"antes de (responder|contestar)|before (answering|you answer)",
 ]
 _WRAPPER = re.compile("|".join(f"(?:{p})" for p in _WRAPPERS))
 # Requests that are refused whatever else the message asks.

@@ -30,7 +30,8 @@ def records_from_run(run_dir: Path) -> list[Record]:
             key = normalise_text(ex.last_answer())
             rec = by_answer.setdefault(key, Record([], ex.last_answer(), ex.meta.get("source") or ""))
             if ex.first_user() not in rec.questions:
-                rec.questions.append(ex.first_user())
+                # the curated question first: it is the one embedded with the answer
+                rec.questions.insert(0 if ex.kind != "paraphrase" else len(rec.questions), ex.first_user())
     return list(by_answer.values())
 
 
