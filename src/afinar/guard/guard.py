@@ -69,7 +69,9 @@ class DomainGuard:
         self.owner = [i for i, r in enumerate(records) for _ in r.questions] + list(range(len(records)))
         self.emb = embeddings if embeddings is not None else self._embed(texts)
         self.qa_index = IdfIndex([[t for q in r.questions for t in terms(q)] + terms(r.answer) for r in records])
-        self.question_terms = [[set(terms(q)) for q in r.questions] for r in records]
+        # each record question's terms with their IDF mass, for `_reverse_coverage`
+        question_sets = [[set(terms(q)) for q in r.questions] for r in records]
+        self.question_terms = [[(qt, sum(self.qa_index.weight(t) for t in qt)) for qt in sets] for sets in question_sets]
         self.thresholds = thresholds or Thresholds(0.5, 0.5)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
@@ -94,13 +96,8 @@ class DomainGuard:
         """For every record, the largest IDF share of one of its questions that the query mentions."""
         index = self.qa_index
         asked = {index.resolve(t) for t in query_terms}
-        share = np.zeros(len(self.records), dtype=np.float32)
-        for j, questions in enumerate(self.question_terms):
-            for qt in questions:
-                total = sum(index.weight(t) for t in qt)
-                if total:
-                    share[j] = max(share[j], sum(index.weight(t) for t in qt & asked) / total)
-        return share
+        return np.array([max((sum(index.weight(t) for t in qt & asked) / total for qt, total in questions if total), default=0.0)
+                         for questions in self.question_terms], dtype=np.float32)
 
     def scores(self, texts: list[str]) -> list[tuple[int, float]]:
         """(best record, score) for each text."""

@@ -89,7 +89,6 @@ class IdfIndex:
         self.idf = {t: math.log((self.n + 1) / (c + 0.5)) for t, c in df.items()}
         self.unseen_idf = math.log((self.n + 1) / 0.5)
         self.docs = [set(doc) for doc in documents]
-
         self._resolved: dict[str, str] = {}
 
     def weight(self, term: str) -> float:
