@@ -62,13 +62,18 @@ def _content_words(text: str) -> list[str]:
     return [w for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
 
 
+def synonym_groups() -> list[tuple[int, list[str]]]:
+    """(line number, stems) of every group in `resources/guard/sinonimos.txt`."""
+    text = (resources.files("afinar") / "resources" / "guard" / "sinonimos.txt").read_text(encoding="utf-8")
+    return [(number, _stemmer().stemWords(_content_words(line))) for number, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
 @lru_cache(maxsize=1)
 def synonyms() -> dict[str, str]:
     """Stem -> the stem that stands for its synonym group (the group's first word)."""
-    text = (resources.files("afinar") / "resources" / "guard" / "sinonimos.txt").read_text(encoding="utf-8")
     table: dict[str, str] = {}
-    for line in text.splitlines():
-        stems = _stemmer().stemWords(_content_words(line)) if not line.startswith("#") else []
+    for _, stems in synonym_groups():
         for stem in stems:
             table.setdefault(stem, stems[0])
     return table
