@@ -150,3 +150,12 @@ def test_run_records_put_the_curated_question_first(tmp_path):
         row("Pregunta rápida: ¿qué es una pila?", "paraphrase") + "\n" + row("¿Qué es una pila?", "original") + "\n")
     [record] = records_from_run(tmp_path)
     assert record.questions == ["¿Qué es una pila?", "Pregunta rápida: ¿qué es una pila?"]
+
+
+def test_a_run_without_its_data_gets_a_clear_error_not_a_traceback(tmp_path):
+    """Pins a bug: `afinar ask` on a run folder copied without data/ crashed in numpy (matmul shape)."""
+    from afinar.errors import AfinarError
+    from afinar.guard.store import load_run_guard
+
+    with pytest.raises(AfinarError, match=r"no training records.*data/train\.jsonl.*--mode off"):
+        load_run_guard(tmp_path, FakeEmbedder())

@@ -13,6 +13,7 @@ from pathlib import Path
 from afinar.data import load_prepared
 from afinar.data.augment import bundled_negatives
 from afinar.data.check import normalise_text
+from afinar.errors import AfinarError
 from afinar.guard.guard import DomainGuard, Record
 
 GUARD_DIR = "guard"
@@ -40,6 +41,9 @@ def build_run_guard(run_dir: Path, embedder=None) -> DomainGuard:
     from afinar.guard import load_embedder
 
     records = records_from_run(run_dir)
+    if not records:
+        raise AfinarError(f"{run_dir}: no training records to build the domain guard from (expected "
+                          f"{run_dir / 'data' / 'train.jsonl'}); copy the run's data/ folder back, or use --mode off")
     guard = DomainGuard(records, embedder or load_embedder())
     guard.calibrate(list(bundled_negatives()[0]))
     guard.save(run_dir / GUARD_DIR)
