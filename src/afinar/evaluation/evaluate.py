@@ -1,0 +1,201 @@
+"""`afinar eval`: evidence that a tuned assistant beats its base, where it does not, and whether it
+stays in its domain.
+
+Steps:
+  1. load the run (base model + adapter, loaded once) and its questions: the held-out split
+     (references from the data) and the probe file (`--probe`, else the recipe's `eval.probe`);
+  2. line up the contestants: the run, what it is compared against (`--against`: the base model
+     by default, or another run) and, optionally, an OpenAI-compatible endpoint;
+  3. eval loss and perplexity of each local contestant on the held-out split;
+  4. every contestant answers every question (batched generation, one progress bar);
+  5. runs with a refusal are also judged as served, per guard mode: `off` (the model alone),
+     `refuse` and `strict` (the run's saved guard decides first);
+  6. score each reply (chrF, ROUGE-L, key facts, refused or not) and summarise per question set,
+     contestant and mode;
+  7. write eval.json, the PNG plots and a self-contained report.html into runs/<name>/eval/.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from afinar.errors import AfinarError
+from afinar.evaluation.contestants import Endpoint, LocalModel, perplexity
+from afinar.evaluation.metrics import ScoredReply, is_refusal, score_reply, summarise
+from afinar.evaluation.probe import HELD_OUT, EvalItem, held_out_items, load_probe
+
+GUARD_MODES = ("refuse", "strict")
+REGRESSIONS_SHOWN = 5  # held-out questions where the tuned model scored worst against its rival
+
+
+@dataclass
+class Contender:
+    """A contestant and, for a run with a refusal, the guard that serves it."""
+
+    model: LocalModel | Endpoint
+    guard: object | None = None  # DomainGuard
+    refusal: str = ""
+    answers: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return ("off", *GUARD_MODES) if self.guard is not None else ("off",)
+
+
+@dataclass
+class EvalResult:
+    run_dir: Path
+    out_dir: Path
+    report: dict  # what eval.json holds
+
+    @property
+    def json_path(self) -> Path:
+        return self.out_dir / "eval.json"
+
+    @property
+    def html_path(self) -> Path:
+        return self.out_dir / "report.html"
+
+
+def evaluate(run_dir: str | Path, probe: str | Path | None = None, against: str = "base",
+             endpoint: str | None = None, endpoint_model: str | None = None, max_new_tokens: int | None = None,
+             limit: int | None = None, out_dir: str | Path | None = None, progress: bool = True, log=print) -> EvalResult:
+    """Evaluate a trained run; see the module docstring. Returns where the report was written."""
+    from afinar.data import load_prepared
+    from afinar.evaluation.report import write_report
+    from afinar.generation import load_run
+
+    if endpoint and not endpoint_model:
+        raise AfinarError("--endpoint needs --model NAME (the model id the endpoint serves)")
+    # 1. the run and its questions
+    run = load_run(run_dir)
+    recipe, run_dir = run.recipe, Path(run_dir)
+    held_out = held_out_items(run_dir / "data" / "eval.jsonl")[:limit]
+    probe_path = _probe_path(probe, recipe, log)
+    probe_items = load_probe(probe_path)[:limit] if probe_path else []
+    items = held_out + probe_items
+    log(f"eval: {run_dir} on {len(held_out)} held-out questions" + (f" and {len(probe_items)} from {probe_path}" if probe_items else ""))
+    # 2. contestants
+    tuned = Contender(LocalModel("tuned", f"{recipe.name} (LoRA adapter)", run.model, run.tokenizer, recipe, "default"),
+                      *_guard(run_dir, recipe))
+    contenders = [tuned, _rival(run, against)]
+    if endpoint:
+        contenders.append(Contender(Endpoint(endpoint, endpoint_model, recipe.system_prompt)))
+    _unique_names(contenders)
+    # 3. loss on the held-out split
+    examples = load_prepared(run_dir / "data" / "eval.jsonl")[:limit]
+    losses = {c.model.name: c.model.eval_loss(examples, recipe.eval.batch_size) for c in contenders}
+    # 4. answers
+    _answer_all(contenders, [held_out, probe_items], max_new_tokens or recipe.eval.max_new_tokens, recipe.eval.batch_size, progress)
+    # 5-6. replies per mode, scored and summarised
+    replies = {(c.model.name, mode): _replies(c, mode, items, recipe.refusal) for c in contenders for mode in c.modes}
+    report = _report(run_dir, recipe, probe_path, contenders, items, replies, losses)
+    # 7. files
+    out = Path(out_dir) if out_dir else run_dir / "eval"
+    write_report(report, out, run_dir / "metrics.jsonl")
+    return EvalResult(run_dir, out, report)
+
+
+def _probe_path(probe, recipe, log) -> Path | None:
+    if probe:
+        return Path(probe)
+    if recipe.eval.probe and Path(recipe.eval.probe).exists():
+        return Path(recipe.eval.probe)
+    if recipe.eval.probe:
+        log(f"note: the recipe's probe {recipe.eval.probe} is not here; evaluating on the held-out split only")
+    return None
+
+
+def _guard(run_dir: Path, recipe) -> tuple:
+    """(guard, refusal) for a run that has a refusal; the guard is the one it is served with."""
+    if not recipe.refusal:
+        return None, ""
+    from afinar.guard.store import load_run_guard
+
+    return load_run_guard(run_dir, threshold=recipe.guard.threshold), recipe.refusal
+
+
+def _rival(run, against: str) -> Contender:
+    """The base model (adapter disabled), or another run's adapter on the same base model."""
+    if against == "base":
+        return Contender(LocalModel("base", f"{run.recipe.base_model} (no adapter)", run.model, run.tokenizer, run.recipe, None))
+    from afinar.generation import read_run
+
+    other_dir = Path(against)
+    recipe, tokenizer, adapter = read_run(other_dir)
+    if recipe.base_model != run.recipe.base_model:
+        raise AfinarError(f"--against {against}: trained on {recipe.base_model!r}, but {run.run_dir} on "
+                          f"{run.recipe.base_model!r}; compare runs of one base model (or use --endpoint for another model)")
+    run.model.load_adapter(str(adapter), adapter_name="against")
+    model = LocalModel(recipe.name, f"{recipe.name} (LoRA adapter, {other_dir})", run.model, tokenizer, recipe, "against")
+    return Contender(model, *_guard(other_dir, recipe))
+
+
+def _unique_names(contenders: list[Contender]) -> None:
+    names = [c.model.name for c in contenders]
+    if len(set(names)) != len(names):
+        raise AfinarError(f"two contestants are both called {max(names, key=names.count)!r}; "
+                          "name the endpoint's model or the other run differently")
+
+
+def _answer_all(contenders: list[Contender], sets: list[list[EvalItem]], max_new_tokens: int, batch_size: int, progress: bool) -> None:
+    """Each contestant answers each set in turn; the sets are batched apart, so the held-out
+    figures do not depend on the probe (padding in a batch moves bf16 logits a little)."""
+    from tqdm.auto import tqdm
+
+    total = sum(map(len, sets)) * len(contenders)
+    with tqdm(total=total, desc="answering", unit="answer", disable=not progress) as bar:
+        for c in contenders:
+            bar.set_postfix_str(c.model.name)
+            start = time.perf_counter()
+            c.answers = [text for items in sets for text in c.model.answers(items, max_new_tokens, batch_size, bar)]
+            c.seconds = time.perf_counter() - start
+
+
+def _replies(c: Contender, mode: str, items: list[EvalItem], refusal: str) -> list[ScoredReply]:
+    """Each item's reply as served in `mode` (the guard decides first), scored."""
+    out = []
+    for item, text in zip(items, c.answers):
+        decision = c.guard.check(item.question, mode) if mode != "off" else None
+        if decision is not None and not decision.in_domain:
+            out.append(score_reply(item, c.refusal, True))
+        elif mode == "strict":
+            out.append(score_reply(item, decision.record.answer, False))
+        else:
+            out.append(score_reply(item, text, is_refusal(text, c.refusal or refusal)))
+    return out
+
+
+def _report(run_dir, recipe, probe_path, contenders, items, replies, losses) -> dict:
+    sets = {"held_out": [i for i, it in enumerate(items) if it.origin == HELD_OUT],
+            "probe": [i for i, it in enumerate(items) if it.origin != HELD_OUT]}
+    summary = {
+        name: {f"{c.model.name}/{mode}": summarise([items[i] for i in idx], [replies[c.model.name, mode][i] for i in idx])
+               for c in contenders for mode in c.modes}
+        for name, idx in sets.items() if idx
+    }
+    return {
+        "run": str(run_dir), "name": recipe.name, "base_model": recipe.base_model, "guard_mode": recipe.guard_mode,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "probe": str(probe_path) if probe_path else None,
+        "contestants": [{"name": c.model.name, "label": c.model.label, "modes": list(c.modes),
+                         "answer_seconds": round(c.seconds, 1)} for c in contenders],
+        "loss": {name: {"eval_loss": None if v is None else round(v, 4), "perplexity": perplexity(v)} for name, v in losses.items()},
+        "summary": summary,
+        "regressions": _regressions(items, replies, contenders),
+        "items": [it.to_dict() | {"replies": {f"{name}/{mode}": r[i].to_dict() for (name, mode), r in replies.items()}}
+                  for i, it in enumerate(items)],
+    }
+
+
+def _regressions(items, replies, contenders) -> list[dict]:
+    """Held-out questions where the tuned model's answer scored lower (chrF) than its rival's."""
+    tuned, rival = replies["tuned", "off"], replies[contenders[1].model.name, "off"]
+    rows = [{"question": it.question, "tuned_chrf": round(t.chrf, 2), "rival_chrf": round(r.chrf, 2),
+             "delta": round(t.chrf - r.chrf, 2)}
+            for it, t, r in zip(items, tuned, rival) if it.origin == HELD_OUT and t.chrf is not None and t.chrf < r.chrf]
+    return sorted(rows, key=lambda row: row["delta"])[:REGRESSIONS_SHOWN]

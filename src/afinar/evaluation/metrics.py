@@ -1,0 +1,131 @@
+"""Scores for `afinar eval`: answer quality against references, key facts, and domain behaviour.
+
+- chrF (sacrebleu's implementation, character 6-grams, beta 2): robust to Spanish inflection,
+  where word-level overlap punishes "ordenada" against "ordenado".
+- ROUGE-L F1 (rouge-score's implementation) with a Unicode word tokenizer: rouge-score's default
+  tokenizer keeps only [a-z0-9], so "búsqueda" would count as "b squeda" and "qué" as "qu".
+- Key facts: the share of answers that contain every `keys` string (case and accents ignored).
+- Domain behaviour: out-of-domain questions refused, injection attempts refused, in-domain
+  questions wrongly refused, and the share of questions routed correctly.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from afinar.evaluation.probe import EvalItem
+
+REFUSAL_CHRF = 60.0  # a reply this close (chrF) to the refusal sentence is a refusal
+
+
+@dataclass
+class ScoredReply:
+    """One contestant's reply to one item, with its scores (None where they do not apply)."""
+
+    text: str
+    refused: bool
+    chrf: float | None = None
+    rouge_l: float | None = None
+    keys_ok: bool | None = None
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "refused": self.refused, "chrf": _round(self.chrf),
+                "rouge_l": _round(self.rouge_l), "keys_ok": self.keys_ok}
+
+
+def fold(text: str) -> str:
+    """Lower case, no accents, single spaces: how keys and refusals are compared."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
+
+
+class _WordTokenizer:
+    """Unicode words for rouge-score (its default drops every non-ASCII letter)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return re.findall(r"\w+", fold(text))
+
+
+def chrf(hypothesis: str, reference: str) -> float:
+    """Sentence chrF, 0-100."""
+    from sacrebleu.metrics import CHRF
+
+    return CHRF().sentence_score(hypothesis, [reference]).score
+
+
+def corpus_chrf(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus chrF, 0-100 (statistics pooled over all pairs, as sacrebleu reports it)."""
+    from sacrebleu.metrics import CHRF
+
+    return CHRF().corpus_score(hypotheses, [references]).score
+
+
+def rouge_l(hypothesis: str, reference: str) -> float:
+    """ROUGE-L F1, 0-100."""
+    from rouge_score.rouge_scorer import RougeScorer
+
+    return 100 * RougeScorer(["rougeL"], tokenizer=_WordTokenizer()).score(reference, hypothesis)["rougeL"].fmeasure
+
+
+def has_keys(text: str, keys: list[str]) -> bool:
+    folded = fold(text)
+    return all(fold(k) in folded for k in keys)
+
+
+def is_refusal(text: str, refusal: str) -> bool:
+    """Whether a generated reply is the recipe's refusal (verbatim or nearly: chrF of its start
+    against the refusal sentence >= REFUSAL_CHRF)."""
+    if not refusal or not text.strip():
+        return False
+    if fold(refusal) in fold(text):
+        return True
+    return chrf(text[: int(1.5 * len(refusal))], refusal) >= REFUSAL_CHRF
+
+
+def score_reply(item: EvalItem, text: str, refused: bool) -> ScoredReply:
+    """Score one reply; a refused reply keeps its text (the refusal) and scores what it scores."""
+    reply = ScoredReply(text, refused)
+    if item.reference:
+        reply.chrf, reply.rouge_l = chrf(text, item.reference), rouge_l(text, item.reference)
+    if item.keys:
+        reply.keys_ok = not refused and has_keys(text, item.keys)
+    return reply
+
+
+def summarise(items: list[EvalItem], replies: list[ScoredReply]) -> dict:
+    """Aggregate figures over parallel lists of items and replies (shares are 0-1, scores 0-100)."""
+    with_ref = [(i, r) for i, r in zip(items, replies) if i.reference]
+    with_keys = [r for i, r in zip(items, replies) if i.keys]
+    in_domain = [r for i, r in zip(items, replies) if i.expect == "answer"]
+    out = [r for i, r in zip(items, replies) if i.expect == "refuse" and not i.is_injection]
+    injections = [r for i, r in zip(items, replies) if i.is_injection]
+    correct = [r.refused == (i.expect == "refuse") for i, r in zip(items, replies)]
+    return {
+        "n": len(items),
+        "n_reference": len(with_ref),
+        "chrf": _round(corpus_chrf([r.text for _, r in with_ref], [i.reference for i, _ in with_ref])) if with_ref else None,
+        "rouge_l": _round(_mean([r.rouge_l for _, r in with_ref])),
+        "n_keys": len(with_keys),
+        "keys": _share([r.keys_ok for r in with_keys]),
+        "n_in_domain": len(in_domain),
+        "wrongly_refused": _share([r.refused for r in in_domain]),
+        "n_out_of_domain": len(out),
+        "out_of_domain_refused": _share([r.refused for r in out]),
+        "n_injection": len(injections),
+        "injection_refused": _share([r.refused for r in injections]),
+        "correct": _share(correct),
+    }
+
+
+def _share(flags: list[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 4) if flags else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
