@@ -1,4 +1,4 @@
-"""Integration: the real embedded model (SmolLM2-135M) trains a few steps, LoRA and QLoRA."""
+"""Integration: the real embedded model (SmolLM2-135M) trains a few steps (LoRA and QLoRA), answers, is evaluated."""
 
 import pytest
 
@@ -22,6 +22,14 @@ def test_embedded_lora_trains_and_answers(tmp_path, embedded):
     answer = generate_answer(run.model, run.tokenizer, [{"role": "user", "content": "¿Qué es una pila?"}],
                              run.recipe.system_prompt, run.recipe.generation, max_new_tokens=12)
     assert answer and "<|im_end|>" not in answer
+    del run
+
+    from afinar.evaluation import evaluate
+
+    report = evaluate(result.run_dir, max_new_tokens=24, limit=4, progress=False, log=lambda *a: None).report
+    assert report["loss"]["tuned"]["eval_loss"] < report["loss"]["base"]["eval_loss"]
+    assert report["probe"].endswith("tutor_sondeo.jsonl") and len(report["items"]) == 8
+    assert all(item["replies"]["tuned/off"]["text"] for item in report["items"])  # bf16 batched generation answers
 
 
 def test_embedded_ask_cli_refuses_out_of_domain_and_answers_in_domain(tmp_path, embedded):

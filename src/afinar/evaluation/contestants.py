@@ -9,9 +9,11 @@ disabled, so it is loaded once.
 
 from __future__ import annotations
 
+import http.client
 import json
 import math
 import os
+import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager, nullcontext
@@ -117,14 +119,16 @@ class Endpoint:
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         body = {"model": self.model_name, "messages": system + messages, "max_tokens": max_new_tokens,
                 "temperature": 0, "stream": False}
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             try:
                 return _read_reply(self._post(body), self.completions_url)
-            except (urllib.error.URLError, TimeoutError) as exc:
-                retriable = not isinstance(exc, urllib.error.HTTPError) or exc.code in (429, 500, 502, 503)
-                if attempt == self.max_retries or not retriable:
+            except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, dropped connections
+                busy = isinstance(exc, urllib.error.HTTPError) and exc.code in (429, 500, 502, 503)
+                if not busy or attempt == self.max_retries:
                     raise AfinarError(_endpoint_problem(self.completions_url, exc)) from None
-        raise AssertionError("unreachable")
+                attempt += 1
+                time.sleep(2**attempt)  # a busy server: back off, then ask again
 
     def _post(self, body: dict) -> dict:
         headers = {"Content-Type": "application/json"}

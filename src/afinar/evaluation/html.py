@@ -15,7 +15,8 @@ h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid
 table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}th,td{border:1px solid #dde3ea;padding:.35rem .55rem;vertical-align:top;text-align:left}
 th{background:#f3f6f9}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .better{color:#1b7a3d;font-weight:600}.worse{color:#b3261e;font-weight:600}.muted{color:#66727f;font-size:.85rem}
-.refused{background:#fdecea}.answer{white-space:pre-wrap;max-width:30rem;font-size:.85rem}
+.refused{background:#fdecea}.answer{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85rem}
+table.sbs{table-layout:fixed;width:100%}
 img{max-width:100%;border:1px solid #dde3ea;margin:.5rem 0}code{background:#f3f6f9;padding:0 .25rem}
 """
 
@@ -106,7 +107,7 @@ def _side_by_side(report: dict) -> str:
         cells = "".join(_answer_cell(it["replies"].get(c)) for c in columns)
         rows.append(f"<tr><td>{escape(it['question'])}<div class='muted'>{escape(it['origin'])} · {escape(it['kind'])}"
                     f"</div></td><td class='answer'>{ref}</td>{cells}</tr>")
-    return (f"<h2>Answers side by side ({len(rows)} questions)</h2><table><tr><th>question</th><th>reference</th>{head}</tr>"
+    return (f"<h2>Answers side by side ({len(rows)} questions)</h2><table class='sbs'><tr><th>question</th><th>reference</th>{head}</tr>"
             + "".join(rows) + "</table>")
 
 
