@@ -211,6 +211,57 @@ def eval_cmd(run, probe, against, endpoint, endpoint_model, max_new_tokens, limi
     click.echo(f"report: {result.html_path}\nfigures: {result.json_path}")
 
 
+@main.command("serve")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the server to your network.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--api-key", default=None, help="Require this key (default: AFINAR_API_KEY from the environment; none: no key).")
+@click.option("--mode", type=click.Choice(["off", "refuse", "strict"]), default=None, help="Guard mode for every run (default: each recipe's).")
+@click.option("--max-queue", type=click.IntRange(min=1), default=16, show_default=True, help="Requests that may wait for the model; the next gets 429.")
+@click.option("--studio/--no-studio", default=True, show_default=True, help="Offer the studio (upload, check, train, evaluate) on the web page.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("studio"), show_default=True, help="Where the studio keeps uploads, recipes and runs.")
+@click.option("--engine", "backend", type=click.Choice(["afinar", "vllm"]), default="afinar", show_default=True, help="'vllm': print (or start, when vllm is installed) the vllm serve command for GPUs.")
+def serve_cmd(runs, host, port, api_key, mode, max_queue, studio, workdir, backend):
+    """Serve runs over an OpenAI-compatible API, with a web chat and studio at /."""
+    import os
+
+    api_key = api_key or os.environ.get("AFINAR_API_KEY") or None
+    if backend == "vllm":
+        _serve_vllm(list(runs), host, port, api_key is not None)
+        return
+    import uvicorn
+
+    from afinar.engine import Engine
+    from afinar.serving.api import ServeLimits, create_app
+    from afinar.serving.studio import Studio
+
+    engine = Engine(list(runs), mode)
+    base = engine.persona(engine.names[0]).recipe.base_model
+    app = create_app(engine, api_key, ServeLimits(max_queue=max_queue), Studio(workdir, base) if studio else None)
+    click.echo(f"afinar serve: {', '.join(engine.names)} on http://{host}:{port}/ (API: /v1/chat/completions)"
+               + ("; API key required" if api_key else ""))
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.secho(f"warning: listening on {host}: other machines can reach this server" + ("" if api_key else " without a key"), fg="yellow", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _serve_vllm(runs: list[Path], host: str, port: int, with_key: bool) -> None:
+    import shutil
+    import subprocess
+
+    from afinar.serving.vllm import printable, vllm_command
+
+    argv = vllm_command(runs, host, port, with_key)
+    click.echo(printable(argv))
+    if shutil.which("vllm") is None:
+        click.echo("(vllm is not installed here: run the command above on a GPU machine with `pip install vllm`)")
+        return
+    import os
+
+    argv = [os.environ.get("AFINAR_API_KEY", "") if a == "$AFINAR_API_KEY" else a for a in argv]
+    sys.exit(subprocess.call(argv))
+
+
 @main.command("doctor")
 @click.argument("recipe_path", required=False, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")

@@ -32,9 +32,12 @@ class Reply:
     source: str | None = None
     score: float | None = None
     latency_ms: float = 0.0
+    tokens: int = 0  # new tokens generated (0 when the guard answered)
+    prompt_tokens: int = 0
+    truncated: bool = False  # stopped at max_new_tokens rather than at the end of turn
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k not in ("tokens", "prompt_tokens", "truncated")}
 
 
 @dataclass
@@ -91,6 +94,12 @@ class Engine:
         self.model.load_adapter(str(adapter), adapter_name=recipe.name)
         self._add(run_dir, recipe, tokenizer, mode, adapter_name=recipe.name)
 
+    def add_run(self, run_dir: str | Path) -> str:
+        """Load one more run's adapter on the shared base (the studio's freshly trained run)."""
+        with self._lock:  # not while a reply is being generated
+            self._load_more(Path(run_dir), None)
+        return list(self.personas)[-1]
+
     @property
     def names(self) -> list[str]:
         return list(self.personas)
@@ -100,6 +109,20 @@ class Engine:
         if name not in self.personas:
             raise AfinarError(f"unknown adapter {name!r}; loaded: {', '.join(self.personas)}")
         return self.personas[name]
+
+    @property
+    def context_length(self) -> int:
+        """The longest prompt plus reply the base model takes, in tokens."""
+        config = self.model.get_base_model().config
+        return int(getattr(config, "max_position_embeddings", 0) or 2048)
+
+    def prompt_tokens(self, messages: list[dict[str, str]], adapter: str | None = None) -> int:
+        """How many tokens the rendered prompt (system prompt and chat template included) takes."""
+        from afinar.chat_template import render_prompt, with_system
+
+        p = self.persona(adapter)
+        prompt = render_prompt(p.tokenizer, with_system(messages, p.recipe.system_prompt))
+        return len(p.tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def decide(self, messages: list[dict[str, str]], adapter: str | None = None) -> Reply | None:
         """The guard's answer when it does not let the model generate (None: generate)."""
@@ -115,44 +138,71 @@ class Engine:
             return Reply(d.record.answer, False, mode, p.name, d.record.source, round(d.score, 4), d.latency_ms)
         return None
 
-    def reply(self, messages: list[dict[str, str]], adapter: str | None = None, max_new_tokens: int | None = None) -> Reply:
-        """One complete reply (guard first, then generation)."""
+    def reply(self, messages: list[dict[str, str]], adapter: str | None = None, max_new_tokens: int | None = None,
+              **options) -> Reply:
+        """One complete reply (guard first, then generation); `options` as for `stream`."""
         start = time.perf_counter()
-        parts, reply = [], None
-        for item in self.stream(messages, adapter, max_new_tokens):
+        reply = None
+        for item in self.stream(messages, adapter, max_new_tokens, **options):
             if isinstance(item, Reply):
                 reply = item
-            else:
-                parts.append(item)
         reply.latency_ms = round((time.perf_counter() - start) * 1000, 1)
         return reply
 
-    def stream(self, messages: list[dict[str, str]], adapter: str | None = None,
-               max_new_tokens: int | None = None) -> Iterator[str | Reply]:
-        """Yield text chunks as they are generated, then the final `Reply`."""
+    def stream(self, messages: list[dict[str, str]], adapter: str | None = None, max_new_tokens: int | None = None,
+               cancel: threading.Event | None = None, temperature: float | None = None,
+               top_p: float | None = None) -> Iterator[str | Reply]:
+        """Yield text chunks as they are generated, then the final `Reply`.
+
+        `cancel` stops generation at the next token when set (a client that went away frees the
+        model); `temperature` and `top_p` override the recipe's decoding for this reply.
+        """
         p = self.persona(adapter)
         decided = self.decide(messages, p.name)
         if decided is not None:
             yield decided.answer
             yield decided
             return
-        text = []
-        for chunk in self._generate(p, messages, max_new_tokens):
+        gen = p.recipe.generation.model_copy(update={k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
+        text, counts = [], {}
+        for chunk in self._generate(p, messages, max_new_tokens, gen, cancel, counts):
             text.append(chunk)
             yield chunk
-        yield Reply("".join(text).strip(), False, p.recipe.guard.mode, p.name)
+        yield Reply("".join(text).strip(), False, p.recipe.guard.mode, p.name, tokens=counts.get("new", 0),
+                    prompt_tokens=counts.get("prompt", 0), truncated=counts.get("new", 0) >= counts.get("limit", 1 << 30))
 
-    def _generate(self, p: _Persona, messages, max_new_tokens: int | None) -> Iterator[str]:
-        from transformers import TextIteratorStreamer
+    def _generate(self, p: _Persona, messages, max_new_tokens: int | None, gen, cancel, counts: dict) -> Iterator[str]:
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         from afinar.generation import generation_inputs
 
         with self._lock:
             self.model.set_adapter(self._adapter_names[p.name])
-            inputs, kwargs = generation_inputs(self.model, p.tokenizer, messages, p.recipe.system_prompt,
-                                               p.recipe.generation, max_new_tokens)
+            inputs, kwargs = generation_inputs(self.model, p.tokenizer, messages, p.recipe.system_prompt, gen, max_new_tokens)
             streamer = TextIteratorStreamer(p.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            worker = threading.Thread(target=self.model.generate, kwargs={**inputs, **kwargs, "streamer": streamer}, daemon=True)
+            prompt_len = inputs["input_ids"].shape[1]
+            counts.update(prompt=prompt_len, limit=kwargs["max_new_tokens"])
+            stop = StoppingCriteriaList([_Cancelled(cancel)]) if cancel is not None else None
+            result = {}
+
+            def run():
+                result["ids"] = self.model.generate(**inputs, **kwargs, streamer=streamer, stopping_criteria=stop)
+
+            worker = threading.Thread(target=run, daemon=True)
             worker.start()
             yield from streamer
             worker.join()
+            if "ids" in result:
+                counts["new"] = int(result["ids"].shape[1] - prompt_len)
+
+
+class _Cancelled:
+    """A stopping criterion that ends generation once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)

@@ -115,7 +115,7 @@ def _answer_cell(reply: dict | None) -> str:
     if reply is None:
         return "<td></td>"
     score = f"<div class='muted'>chrF {reply['chrf']:.1f}</div>" if reply["chrf"] is not None else ""
-    mark = "<div class='muted'>⛔ refused</div>" if reply["refused"] else ""
+    mark = "<div class='muted'>refused</div>" if reply["refused"] else ""
     return f"<td class='answer{' refused' if reply['refused'] else ''}'>{escape(reply['text'])}{mark}{score}</td>"
 
 

@@ -1,0 +1,131 @@
+"""The OpenAI chat completions protocol: request validation and response shapes.
+
+`parse_chat_request` checks a request body field by field and raises `ApiError` (status, message,
+param, code) in OpenAI's error shape, so any OpenAI client shows a useful message. The response
+builders add one field of afinar's own, `afinar`, that says whether the guard refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+ROLES = ("system", "user", "assistant")
+MAX_MESSAGES = 200
+MAX_MESSAGE_CHARS = 32_000
+MAX_TOKENS_LIMIT = 4096
+
+
+class ApiError(Exception):
+    """An error to send as {"error": {"message", "type", "param", "code"}} with an HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class ChatRequest:
+    model: str | None
+    messages: list[dict[str, str]]  # system messages removed: the recipe's system prompt is used
+    stream: bool
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """Validate a /v1/chat/completions body; raises ApiError(400) naming the bad field."""
+    try:
+        body = json.loads(raw or b"")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    messages = _messages(body.get("messages"))
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ApiError(400, "'model' must be a string", "model")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (not _is_int(max_tokens) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT):
+        raise ApiError(400, f"'max_tokens' must be an integer from 1 to {MAX_TOKENS_LIMIT} (got {max_tokens!r})", "max_tokens")
+    if body.get("n", 1) != 1:
+        raise ApiError(400, "only n=1 is supported", "n")
+    return ChatRequest(model, messages, bool(body.get("stream", False)), max_tokens,
+                       _number(body, "temperature", 0.0, 2.0), _number(body, "top_p", 0.0, 1.0, low_open=True))
+
+
+def _messages(messages) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' is required: a non-empty list of {role, content}", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise ApiError(400, f"at most {MAX_MESSAGES} messages per request (got {len(messages)})", "messages")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            role = m.get("role") if isinstance(m, dict) else None
+            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)} (got {role!r})", f"messages[{i}].role")
+        content = _content(m.get("content"), i)
+        if len(content) > MAX_MESSAGE_CHARS:
+            raise ApiError(400, f"messages[{i}].content is longer than {MAX_MESSAGE_CHARS} characters", f"messages[{i}].content")
+        if m["role"] != "system":
+            out.append({"role": m["role"], "content": content})
+    if not out or out[-1]["role"] != "user":
+        raise ApiError(400, "the last message must come from the user", "messages")
+    return out
+
+
+def _content(content, i: int) -> str:
+    """A string, or OpenAI's list of {type: text, text} parts joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise ApiError(400, f"messages[{i}].content must be a string (or a list of text parts)", f"messages[{i}].content")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(body: dict, key: str, low: float, high: float, low_open: bool = False) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (low < value if low_open else low <= value) and value <= high
+    if not ok:
+        raise ApiError(400, f"'{key}' must be a number from {low:g} to {high:g} (got {value!r})", key)
+    return float(value)
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def guard_info(reply) -> dict:
+    """afinar's own field: did the guard refuse, in which mode, from which record."""
+    return {"refused": reply.refused, "mode": reply.mode, "source": reply.source, "score": reply.score}
+
+
+def completion(cid: str, model: str, reply) -> dict:
+    return {
+        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.answer},
+                     "finish_reason": "length" if reply.truncated else "stop"}],
+        "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.tokens,
+                  "total_tokens": reply.prompt_tokens + reply.tokens},
+        "afinar": guard_info(reply),
+    }
+
+
+def chunk(cid: str, model: str, delta: dict, finish_reason: str | None = None, extra: dict | None = None) -> str:
+    """One server-sent event of a streamed completion."""
+    data = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **(extra or {})}
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"

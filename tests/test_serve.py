@@ -1,0 +1,245 @@
+"""`afinar serve`: every route and error of the OpenAI-compatible API, auth on every route, limits,
+and the official `openai` client (plain and streaming) against a real server on loopback."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from test_train import tiny_recipe
+
+from afinar.engine import Engine
+from afinar.serving.api import ServeLimits, create_app
+from afinar.training import train
+
+REFUSAL = "Solo pilas."
+KEY = "clave-de-prueba"
+IN_DOMAIN = "¿Qué es la pila 3?"
+OUT_OF_DOMAIN = "¿Quién ganó el mundial de fútbol de 2010?"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("serve-runs")
+    out = []
+    for name in ("tiny", "otra"):
+        recipe = tiny_recipe(root / name, tiny_model_dir, f"name={name}", "train.max_steps=2", f"train.output_dir={root / 'runs'}",
+                             "generation.max_new_tokens=6")
+        out.append(train(recipe, progress=False).run_dir)
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(runs):
+    return Engine(runs)
+
+
+@pytest.fixture
+def client(engine):
+    return TestClient(create_app(engine))
+
+
+def ask(text, **extra):
+    return {"model": "tiny", "messages": [{"role": "user", "content": text}], "max_tokens": 4, **extra}
+
+
+def test_health_and_models(client):
+    assert client.get("/health").json()["status"] == "ok"
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids == ["tiny", "otra"]
+
+
+def test_plain_completion_and_guard_refusal(client):
+    body = client.post("/v1/chat/completions", json=ask(IN_DOMAIN)).json()
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    assert body["afinar"]["refused"] is False and body["usage"]["completion_tokens"] <= 4
+    refused = client.post("/v1/chat/completions", json=ask(OUT_OF_DOMAIN)).json()
+    assert refused["choices"][0]["message"]["content"] == REFUSAL and refused["afinar"]["refused"] is True
+    assert refused["choices"][0]["finish_reason"] == "stop"
+
+
+def test_streaming_ends_with_done_and_says_when_refused(client):
+    with client.stream("POST", "/v1/chat/completions", json=ask(OUT_OF_DOMAIN, stream=True)) as res:
+        assert res.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in res.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == REFUSAL
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop" and chunks[-1]["afinar"]["refused"] is True
+
+
+@pytest.mark.parametrize("body, param", [
+    (b"{not json", None),
+    (b"[]", None),
+    (json.dumps({"model": "tiny"}).encode(), "messages"),
+    (json.dumps({"model": "tiny", "messages": []}).encode(), "messages"),
+    (json.dumps({"model": "tiny", "messages": [{"role": "tool", "content": "x"}]}).encode(), "messages[0].role"),
+    (json.dumps({"model": "tiny", "messages": [{"role": "user", "content": 5}]}).encode(), "messages[0].content"),
+    (json.dumps({"model": "tiny", "messages": [{"role": "assistant", "content": "x"}]}).encode(), "messages"),
+    (json.dumps(ask("x", max_tokens=0)).encode(), "max_tokens"),
+    (json.dumps(ask("x", max_tokens=100000)).encode(), "max_tokens"),
+    (json.dumps(ask("x", max_tokens="5")).encode(), "max_tokens"),
+    (json.dumps(ask("x", temperature=3)).encode(), "temperature"),
+])
+def test_bad_requests_get_400_in_openai_shape(client, body, param):
+    res = client.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert res.status_code == 400, res.text
+    error = res.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["param"] == param
+
+
+def test_prompt_longer_than_the_context_is_400(client, engine):
+    long = "pila " * (engine.context_length + 10)
+    res = client.post("/v1/chat/completions", json=ask(long[:30000]))
+    assert res.status_code == 400 and res.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_unknown_model_is_404_and_unknown_route_is_404(client):
+    res = client.post("/v1/chat/completions", json={**ask("x"), "model": "gpt-9"})
+    assert res.status_code == 404 and res.json()["error"]["code"] == "model_not_found" and "tiny" in res.json()["error"]["message"]
+    assert client.get("/v1/nada").status_code == 404 and "error" in client.get("/v1/nada").json()
+
+
+def test_request_and_message_size_limits(engine):
+    client = TestClient(create_app(engine, limits=ServeLimits(max_request_bytes=2000)))
+    res = client.post("/v1/chat/completions", json=ask("x" * 5000))
+    assert res.status_code == 413 and res.json()["error"]["code"] == "request_too_large"
+    res = TestClient(create_app(engine)).post("/v1/chat/completions", json=ask("x" * 40000))
+    assert res.status_code == 400 and res.json()["error"]["param"] == "messages[0].content"
+
+
+def test_api_key_on_every_route_but_health(engine):
+    client = TestClient(create_app(engine, api_key=KEY))
+    routes = [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/studio/personas"), ("GET", "/static/app.js")]
+    for method, path in routes:
+        res = client.request(method, path, json=ask("x"))
+        assert res.status_code == 401 and res.json()["error"]["code"] == "invalid_api_key", path
+        assert client.request(method, path, json=ask("x"), headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/health").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 401 and "<form" in page.text  # the page asks for the key
+    ok = client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert ok.status_code == 200
+    client.post("/login", data={"key": KEY}, follow_redirects=False)  # the page's form sets a cookie
+    assert client.get("/v1/models").status_code == 200 and client.get("/").status_code == 200
+
+
+def test_full_queue_gets_429(engine):
+    app = create_app(engine, limits=ServeLimits(max_queue=1))
+    client = TestClient(app)
+    app.state.queue.acquire()  # one request already waiting for the model
+    try:
+        res = client.post("/v1/chat/completions", json=ask(IN_DOMAIN))
+        assert res.status_code == 429 and res.json()["error"]["code"] == "queue_full"
+        assert client.post("/v1/chat/completions", json=ask(IN_DOMAIN, stream=True)).status_code == 429
+    finally:
+        app.state.queue.release()
+    assert client.post("/v1/chat/completions", json=ask(IN_DOMAIN)).status_code == 200
+    assert app.state.queue.used == 0
+
+
+def test_vllm_command_lists_every_adapter(runs):
+    from afinar.serving.vllm import printable, vllm_command
+
+    argv = vllm_command(runs, "127.0.0.1", 8000, api_key_env=True)
+    text = printable(argv)
+    assert argv[:2] == ["vllm", "serve"] and "--enable-lora" in argv and "--lora-modules" in argv
+    assert f"tiny={(runs[0] / 'adapter').resolve()}" in argv and f"otra={(runs[1] / 'adapter').resolve()}" in argv
+    assert "--api-key $AFINAR_API_KEY" in text
+
+
+# --- a real server on loopback ----------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    import uvicorn
+
+    app = create_app(engine, api_key=KEY)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield app, f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_openai_client_plain_and_streaming(server):
+    from openai import OpenAI
+
+    _, url = server
+    client = OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["tiny", "otra"]
+    plain = client.chat.completions.create(model="otra", messages=[{"role": "user", "content": OUT_OF_DOMAIN}], max_tokens=4)
+    assert plain.choices[0].message.content == REFUSAL and plain.model == "otra"
+    stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": IN_DOMAIN}], max_tokens=4, stream=True)
+    chunks = list(stream)
+    assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert (chunks[-1].model_extra or {}).get("afinar", {}).get("refused") is False
+
+
+def test_openai_client_sees_errors(server):
+    import openai
+
+    _, url = server
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="mala", max_retries=0).models.list()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="nadie", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=0)
+
+
+def test_client_disconnect_mid_stream_frees_its_slot(server, monkeypatch):
+    """A client that goes away must stop its generation and give back its place in the queue."""
+    import httpx
+
+    app, url = server
+    seen = {}
+    real = Engine.stream
+
+    def spy(self, *args, **kwargs):
+        seen["cancel"] = kwargs["cancel"]
+        yield from real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "stream", spy)
+    body = {**ask(IN_DOMAIN, stream=True), "max_tokens": 400, "temperature": 1.0}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as res:
+        for line in res.iter_lines():
+            if line.startswith("data: "):
+                break  # the first event arrived: hang up
+    for _ in range(200):
+        if app.state.queue.used == 0 and seen["cancel"].is_set():
+            break
+        time.sleep(0.05)
+    assert seen["cancel"].is_set() and app.state.queue.used == 0
+    engine = app.state.engine
+    assert engine._lock.acquire(timeout=20), "generation went on after the client left"
+    engine._lock.release()
+
+
+def test_cancel_event_stops_generation():
+    import torch
+
+    from afinar.engine import _Cancelled
+
+    event = threading.Event()
+    criterion = _Cancelled(event)
+    ids = torch.zeros((2, 3), dtype=torch.long)
+    assert not criterion(ids, None).any()
+    event.set()
+    assert criterion(ids, None).all()
