@@ -73,12 +73,25 @@ def guard_section(data: dict | None) -> list[str]:
     return lines + [""]
 
 
+def serve_section(data: dict | None) -> list[str]:
+    if data is None:
+        return ["## Serving under load", "", "Not run yet: `python bench/serve_load.py`.", ""]
+    return ["## Serving under load", "",
+            f"Command: `{data['command']}` ({data['date']}, {data['cpu']} cores). `afinar serve` in its own process on "
+            f"loopback; each client streams {data['max_tokens']}-token replies to questions of the demo's probe (in and "
+            "out of the domain) for the whole time. Target (issue 6): zero errors, no memory growth.", "",
+            data["markdown"], "",
+            "Replies are generated one at a time on the shared model, so the time to first token is mostly the wait "
+            "in the queue; guard refusals are answered without waiting for the model.", ""]
+
+
 def main() -> None:
     parts = ["# Benchmarks", "", "Written by `make bench` (bench/report.py) from bench/results/*.json; "
              "timings on shared 2-core machines are noisy, so compare ratios measured in one run.", ""]
     parts += training_section(_load("train_speed.json"))
     parts += packing_section(_load("packing.json"))
     parts += guard_section(_load("guard.json"))
+    parts += serve_section(_load("serve_load.json"))
     OUT.write_text("\n".join(parts) + "\n", encoding="utf-8")
     print(f"wrote {OUT}")
 

@@ -66,3 +66,9 @@ def test_yaml_on_off_words_are_accepted(tmp_path):
     write(tmp_path / "d.csv", "q,a\n")
     recipe = load_recipe(write(tmp_path / "r.yaml", "data: {files: [d.csv]}\ntrain: {packing: on, gradient_checkpointing: off}\nguard: {mode: off}\n"))
     assert (recipe.train.packing, recipe.train.gradient_checkpointing, recipe.guard.mode) == ("on", "off", "off")
+
+
+def test_set_with_invalid_yaml_value_is_a_clear_error():
+    """Regression: `--set key=[¿a?, b]` raised a yaml ParserError traceback."""
+    with pytest.raises(RecipeError, match="not valid YAML.*quote it"):
+        parse_overrides(["interview.questions=[¿Qué función?, ¿Tu rol?]"])

@@ -243,3 +243,36 @@ def test_cancel_event_stops_generation():
     assert not criterion(ids, None).any()
     event.set()
     assert criterion(ids, None).all()
+
+
+def test_studio_routes_check_uploads_and_report_bad_input(engine, tmp_path):
+    from afinar.serving.studio import Studio
+
+    client = TestClient(create_app(engine, studio=Studio(tmp_path / "studio")))
+    assert client.get("/studio/personas").json()["studio"] is True
+    faq = "pregunta;respuesta\n" + "".join(f"¿Precio {i}?;Cuesta {i} soles.\n" for i in range(12)) + "¿Vacía?;\n"
+    report = client.post("/studio/datasets", files={"file": ("faq.csv", faq.encode(), "text/csv")}).json()
+    assert report["ok"] is False and any("faq.csv:14" in m for m in report["messages"]) and report["records"] == 13
+    res = client.post("/studio/datasets", files={"file": ("virus.exe", b"MZ", "application/octet-stream")})
+    assert res.status_code == 400 and "CSV" in res.json()["error"]["message"]
+    assert client.post("/studio/datasets", data={"x": "1"}).status_code == 400
+    res = client.post("/studio/train", json={"dataset": "nada.csv"})
+    assert res.status_code == 400 and "upload it first" in res.json()["error"]["message"]
+    assert client.get("/studio/jobs/nope").status_code == 400
+
+
+def test_interview_route_assembles_the_prompt(runs, tmp_path):
+    import shutil
+
+    from afinar.recipe import load_recipe
+
+    run = tmp_path / "entrevista"
+    shutil.copytree(runs[0], run)
+    recipe = load_recipe(run / "recipe.yaml", ['interview.questions=["¿Qué función?", "¿Tu rol?"]'], check_files=False)
+    (run / "recipe.yaml").write_text(recipe.to_yaml())
+    client = TestClient(create_app(Engine([run])))
+    persona = client.get("/studio/personas").json()["personas"][0]
+    assert persona["interview"] == ["¿Qué función?", "¿Tu rol?"]
+    prompt = client.post("/studio/interview", json={"answers": ["exportar", "docente"]}).json()["prompt"]
+    assert "exportar" in prompt and "docente" in prompt
+    assert client.post("/studio/interview", json={"answers": "no"}).status_code == 400

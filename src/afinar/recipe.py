@@ -146,7 +146,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            node[leaf] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as exc:
+            problems.append(f"--set {pair!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)}); "
+                            "quote it, e.g. --set 'key=[\"a?\", \"b\"]'")
     if problems:
         raise RecipeError("--set", problems)
     return out

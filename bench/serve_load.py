@@ -1,0 +1,194 @@
+"""Load test of `afinar serve`: N concurrent streaming clients for S seconds on loopback.
+
+    python bench/serve_load.py                      # 16 clients, 60 s, a quick run of the demo recipe
+    python bench/serve_load.py --run runs/demo/tutor-algoritmos --clients 16 --seconds 60
+
+Steps:
+  1. without --run, train the demo recipe on the embedded model for a few steps (the served
+     weights do not change the cost of serving);
+  2. start `afinar serve` in its own process on a free loopback port, wait for /health;
+  3. each client loops for S seconds: a streamed request (questions from the demo's probe, in and
+     out of the domain, so both generation and guard refusals are served), timing the first
+     content token and the whole reply;
+  4. the server's resident memory is sampled every second; growth is the last sample minus the
+     first after warm-up;
+  5. print a table and write bench/results/serve_load.json.
+Target (issue 6): zero errors and no memory growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PROBE = HERE.parent / "src" / "afinar" / "resources" / "demo" / "tutor_sondeo.jsonl"
+
+
+def main(argv=None) -> dict:
+    args = _args(argv)
+    run = Path(args.run) if args.run else _quick_run()  # 1.
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "afinar.cli", "serve", str(run), "--port", str(port), "--no-studio",
+                               "--max-queue", str(args.clients * 2)], stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, server)  # 2.
+        questions = [json.loads(line)["question"] for line in PROBE.read_text(encoding="utf-8").splitlines() if line.strip()]
+        memory = _Memory(server.pid)
+        memory.start()
+        results = _load(url, questions, args)  # 3.
+        memory.stop()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    report = _summary(results, memory.samples, args, run)  # 4-5.
+    out = HERE / "results" / "serve_load.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(report["markdown"])
+    return report
+
+
+def _args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", help="a trained run folder (default: a quick run of the demo recipe)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    return parser.parse_args(argv)
+
+
+def _quick_run() -> Path:
+    from afinar.demo import demo_recipe_path
+    from afinar.recipe import load_recipe
+    from afinar.training import train
+
+    out = Path(tempfile.mkdtemp(prefix="afinar-serve-bench-"))
+    recipe = load_recipe(demo_recipe_path(), [f"train.output_dir={out}", "train.max_steps=2", "data.paraphrases=0"])
+    return train(recipe, progress=False).run_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, server, seconds: float = 180) -> None:
+    import httpx
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"afinar serve exited with status {server.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("afinar serve did not become ready")
+
+
+class _Memory(threading.Thread):
+    """Samples the server's resident set size (MB) once a second."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.samples, self._halt = pid, [], threading.Event()
+
+    def run(self):
+        while not self._halt.wait(1.0):
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.samples.append(int(line.split()[1]) / 1024)
+
+    def stop(self):
+        self._halt.set()
+        self.join()
+
+
+def _load(url: str, questions: list[str], args) -> list[dict]:
+    results, lock = [], threading.Lock()
+    deadline = time.time() + args.seconds
+
+    def client(seed: int):
+        rng = random.Random(seed)
+        while time.time() < deadline:
+            row = _one(url, rng.choice(questions), args.max_tokens)
+            with lock:
+                results.append(row)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def _one(url: str, question: str, max_tokens: int) -> dict:
+    import httpx
+
+    body = {"model": "default", "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens, "stream": True}
+    start, first, done, refused = time.perf_counter(), None, False, None
+    try:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as res:
+            if res.status_code != 200:
+                return {"ok": False, "error": f"HTTP {res.status_code}"}
+            for line in res.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    done = True
+                    break
+                chunk = json.loads(line[6:])
+                if chunk["choices"][0]["delta"].get("content") and first is None:
+                    first = time.perf_counter()
+                refused = chunk.get("afinar", {}).get("refused", refused)
+    except (httpx.HTTPError, json.JSONDecodeError, KeyError) as exc:
+        return {"ok": False, "error": type(exc).__name__}
+    end = time.perf_counter()
+    if not done:
+        return {"ok": False, "error": "stream ended without [DONE]"}
+    return {"ok": True, "ttft": (first or end) - start, "total": end - start, "refused": bool(refused)}
+
+
+def _summary(results: list[dict], memory: list[float], args, run: Path) -> dict:
+    ok = [r for r in results if r["ok"]]
+    errors = [r["error"] for r in results if not r["ok"]]
+    pct = lambda values, q: statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else (values[0] if values else 0)
+    ttft, total = [r["ttft"] for r in ok], [r["total"] for r in ok]
+    warm = memory[len(memory) // 10:] or memory  # after the first tenth (warm-up)
+    data = {
+        "command": f"python bench/serve_load.py --clients {args.clients} --seconds {args.seconds:g}",
+        "run": str(run), "clients": args.clients, "seconds": args.seconds, "max_tokens": args.max_tokens,
+        "served": len(ok), "refused": sum(r["refused"] for r in ok), "errors": len(errors), "error_kinds": sorted(set(errors)),
+        "ttft_p50": pct(ttft, 50), "ttft_p95": pct(ttft, 95), "total_p50": pct(total, 50), "total_p95": pct(total, 95),
+        "rss_start_mb": warm[0] if warm else None, "rss_end_mb": warm[-1] if warm else None, "rss_max_mb": max(memory) if memory else None,
+        "rss_mid_mb": warm[len(warm) // 2] if warm else None, "rss_every_5s_mb": [round(m) for m in memory[::5]],
+        "cpu": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+    }
+    data["markdown"] = "\n".join([
+        "| clients | seconds | served (refused) | errors | TTFT p50 / p95 | total p50 / p95 | server RSS start -> middle -> end (max) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {args.clients} | {args.seconds:g} | {len(ok)} ({data['refused']}) | {len(errors)} | {data['ttft_p50']:.2f} / "
+        f"{data['ttft_p95']:.2f} s | {data['total_p50']:.2f} / {data['total_p95']:.2f} s | "
+        f"{data['rss_start_mb']:.0f} -> {data['rss_mid_mb']:.0f} -> {data['rss_end_mb']:.0f} MB ({data['rss_max_mb']:.0f}) |",
+    ])
+    return data
+
+
+if __name__ == "__main__":
+    main()
