@@ -81,8 +81,11 @@ def serve_section(data: dict | None) -> list[str]:
             f"loopback; each client streams {data['max_tokens']}-token replies to questions of the demo's probe (in and "
             "out of the domain) for the whole time. Target (issue 6): zero errors, no memory growth.", "",
             data["markdown"], "",
-            "Replies are generated one at a time on the shared model, so the time to first token is mostly the wait "
-            "in the queue; guard refusals are answered without waiting for the model.", ""]
+            "max batch 1: replies generated one at a time (the time to first token is the wait in the queue); "
+            "16 (the default): replies asked at the same time are generated in one left-padded batch, each still "
+            "streamed to its own client (src/afinar/batcher.py). Guard refusals never wait for the model. RSS grows "
+            "during warm-up (allocator pools, KV caches of new shapes) and levels off: in a 240 s run it went "
+            "966 -> 1132 MB in the first ~190 s and stayed flat for the last 60 s.", ""]
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
     python bench/serve_load.py                      # 16 clients, 60 s, a quick run of the demo recipe
     python bench/serve_load.py --run runs/demo/tutor-algoritmos --clients 16 --seconds 60
+    python bench/serve_load.py --max-batch 1 16     # one server per setting, measured in one run
 
 Steps:
   1. without --run, train the demo recipe on the embedded model for a few steps (the served
@@ -12,7 +13,8 @@ Steps:
      content token and the whole reply;
   4. the server's resident memory is sampled every second; growth is the last sample minus the
      first after warm-up;
-  5. print a table and write bench/results/serve_load.json.
+  5. repeat for each --max-batch setting (1: replies one at a time; 16: concurrent replies
+     generated in one batch), then print a table and write bench/results/serve_load.json.
 Target (issue 6): zero errors and no memory growth.
 """
 
@@ -38,9 +40,22 @@ PROBE = HERE.parent / "src" / "afinar" / "resources" / "demo" / "tutor_sondeo.js
 def main(argv=None) -> dict:
     args = _args(argv)
     run = Path(args.run) if args.run else _quick_run()  # 1.
+    rows = [_measure(run, args, batch) for batch in args.max_batch]
+    report = {"command": "python bench/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "run": str(run), "clients": args.clients, "seconds": args.seconds, "max_tokens": args.max_tokens,
+              "cpu": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "results": rows}
+    report["markdown"] = _markdown(rows, args)
+    out = HERE / "results" / "serve_load.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(report["markdown"])
+    return report
+
+
+def _measure(run: Path, args, max_batch: int) -> dict:
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "afinar.cli", "serve", str(run), "--port", str(port), "--no-studio",
-                               "--max-queue", str(args.clients * 2)], stderr=subprocess.DEVNULL)
+                               "--max-queue", str(args.clients * 2), "--max-batch", str(max_batch)], stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, server)  # 2.
@@ -52,12 +67,7 @@ def main(argv=None) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    report = _summary(results, memory.samples, args, run)  # 4-5.
-    out = HERE / "results" / "serve_load.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(report["markdown"])
-    return report
+    return {"max_batch": max_batch, **_summary(results, memory.samples)}  # 4.
 
 
 def _args(argv):
@@ -66,6 +76,7 @@ def _args(argv):
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, nargs="+", default=[1, 16], help="serve with each of these settings in turn")
     return parser.parse_args(argv)
 
 
@@ -165,29 +176,28 @@ def _one(url: str, question: str, max_tokens: int) -> dict:
     return {"ok": True, "ttft": (first or end) - start, "total": end - start, "refused": bool(refused)}
 
 
-def _summary(results: list[dict], memory: list[float], args, run: Path) -> dict:
+def _summary(results: list[dict], memory: list[float]) -> dict:
     ok = [r for r in results if r["ok"]]
     errors = [r["error"] for r in results if not r["ok"]]
     pct = lambda values, q: statistics.quantiles(values, n=100)[q - 1] if len(values) >= 2 else (values[0] if values else 0)
     ttft, total = [r["ttft"] for r in ok], [r["total"] for r in ok]
-    warm = memory[len(memory) // 10:] or memory  # after the first tenth (warm-up)
-    data = {
-        "command": f"python bench/serve_load.py --clients {args.clients} --seconds {args.seconds:g}",
-        "run": str(run), "clients": args.clients, "seconds": args.seconds, "max_tokens": args.max_tokens,
+    warm = memory[len(memory) // 10:] or memory or [0.0]  # after the first tenth (warm-up)
+    return {
         "served": len(ok), "refused": sum(r["refused"] for r in ok), "errors": len(errors), "error_kinds": sorted(set(errors)),
         "ttft_p50": pct(ttft, 50), "ttft_p95": pct(ttft, 95), "total_p50": pct(total, 50), "total_p95": pct(total, 95),
-        "rss_start_mb": warm[0] if warm else None, "rss_end_mb": warm[-1] if warm else None, "rss_max_mb": max(memory) if memory else None,
-        "rss_mid_mb": warm[len(warm) // 2] if warm else None, "rss_every_5s_mb": [round(m) for m in memory[::5]],
-        "cpu": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+        "rss_start_mb": warm[0], "rss_mid_mb": warm[len(warm) // 2], "rss_end_mb": warm[-1], "rss_max_mb": max(warm),
+        "rss_every_5s_mb": [round(m) for m in memory[::5]],
     }
-    data["markdown"] = "\n".join([
-        "| clients | seconds | served (refused) | errors | TTFT p50 / p95 | total p50 / p95 | server RSS start -> middle -> end (max) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {args.clients} | {args.seconds:g} | {len(ok)} ({data['refused']}) | {len(errors)} | {data['ttft_p50']:.2f} / "
-        f"{data['ttft_p95']:.2f} s | {data['total_p50']:.2f} / {data['total_p95']:.2f} s | "
-        f"{data['rss_start_mb']:.0f} -> {data['rss_mid_mb']:.0f} -> {data['rss_end_mb']:.0f} MB ({data['rss_max_mb']:.0f}) |",
-    ])
-    return data
+
+
+def _markdown(rows: list[dict], args) -> str:
+    lines = ["| max batch | clients | seconds | served (refused) | errors | TTFT p50 / p95 | total p50 / p95 | server RSS start -> middle -> end (max) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['max_batch']} | {args.clients} | {args.seconds:g} | {r['served']} ({r['refused']}) | {r['errors']} | "
+                     f"{r['ttft_p50']:.2f} / {r['ttft_p95']:.2f} s | {r['total_p50']:.2f} / {r['total_p95']:.2f} s | "
+                     f"{r['rss_start_mb']:.0f} -> {r['rss_mid_mb']:.0f} -> {r['rss_end_mb']:.0f} MB ({r['rss_max_mb']:.0f}) |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

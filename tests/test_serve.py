@@ -228,21 +228,45 @@ def test_client_disconnect_mid_stream_frees_its_slot(server, monkeypatch):
         time.sleep(0.05)
     assert seen["cancel"].is_set() and app.state.queue.used == 0
     engine = app.state.engine
-    assert engine._lock.acquire(timeout=20), "generation went on after the client left"
-    engine._lock.release()
+    assert engine._batcher.lock.acquire(timeout=20), "generation went on after the client left"
+    engine._batcher.lock.release()
 
 
-def test_cancel_event_stops_generation():
+def test_cancel_event_stops_its_row_only():
     import torch
 
-    from afinar.engine import _Cancelled
+    from afinar.batcher import Request, _Rows
 
-    event = threading.Event()
-    criterion = _Cancelled(event)
-    ids = torch.zeros((2, 3), dtype=torch.long)
-    assert not criterion(ids, None).any()
-    event.set()
-    assert criterion(ids, None).all()
+    settings = {"max_new_tokens": 5, "eos_token_id": 2}
+    cancel = threading.Event()
+    rows = _Rows([Request("a", None, "p", settings, cancel), Request("a", None, "q", settings)], None, prompt_width=3)
+    ids = torch.zeros((2, 4), dtype=torch.long)  # one token made
+    assert not rows.criterion(ids, None).any()
+    cancel.set()
+    assert rows.criterion(ids, None).tolist() == [True, False]
+
+
+def test_concurrent_replies_are_batched_and_equal_one_at_a_time(runs):
+    """Replies generated together (left-padded batch) must equal those generated alone (fp32, greedy),
+    each with its own token limit."""
+    engine = Engine([runs[0]], "off")
+    questions = [("¿Qué es la pila 1?", 6), ("hola", 3), ("¿Qué es una pila larga y cuándo se usa?", 5)]
+    alone = [engine.reply([{"role": "user", "content": q}], max_new_tokens=n) for q, n in questions]
+    batches = []
+    real = engine._batcher._generate
+    engine._batcher._generate = lambda batch: (batches.append(len(batch)), real(batch))
+    together = [None] * len(questions)
+    with engine._batcher.lock:  # hold the model so that all three wait and form one batch
+        threads = [threading.Thread(target=lambda i=i, q=q, n=n: together.__setitem__(i, engine.reply([{"role": "user", "content": q}], max_new_tokens=n)))
+                   for i, (q, n) in enumerate(questions)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+    for t in threads:
+        t.join(30)
+    assert max(batches) >= 2
+    assert [r.answer for r in together] == [r.answer for r in alone]
+    assert [r.tokens for r in together] == [r.tokens for r in alone] and all(r.tokens <= n for r, (_, n) in zip(together, questions))
 
 
 def test_studio_routes_check_uploads_and_report_bad_input(engine, tmp_path):
@@ -276,3 +300,20 @@ def test_interview_route_assembles_the_prompt(runs, tmp_path):
     prompt = client.post("/studio/interview", json={"answers": ["exportar", "docente"]}).json()["prompt"]
     assert "exportar" in prompt and "docente" in prompt
     assert client.post("/studio/interview", json={"answers": "no"}).status_code == 400
+
+
+def test_a_reply_ending_in_half_a_character_is_still_sent(tiny_tokenizer):
+    """Regression: the batcher held back text ending in U+FFFD and never flushed it, so a reply made
+    only of stray bytes reached the client empty."""
+    import torch
+
+    from afinar.batcher import Request, _Rows
+
+    stray = next(i for i in range(len(tiny_tokenizer)) if tiny_tokenizer.decode([i]) == "\ufffd")
+    request = Request("a", tiny_tokenizer, "p", {"max_new_tokens": 4, "eos_token_id": tiny_tokenizer.eos_token_id})
+    rows = _Rows([request], tiny_tokenizer, prompt_width=1)
+    rows.put(torch.zeros((1, 1), dtype=torch.long))  # the prompt
+    rows.put(torch.tensor([stray]))
+    assert request.out.empty()  # held back: it may be the first byte of a character
+    rows.end()
+    assert request.out.get_nowait() == "\ufffd"

@@ -35,7 +35,8 @@ def site(tmp_path_factory, tiny_model_dir):
 
     root = tmp_path_factory.mktemp("web")
     run = train(tiny_recipe(root, tiny_model_dir, "train.max_steps=2", f"train.output_dir={root / 'runs'}",
-                            "generation.max_new_tokens=8"), progress=False).run_dir
+                            "generation.max_new_tokens=8", 'interview.questions=["¿Qué función?", "¿Cuál es tu rol?"]'),
+                progress=False).run_dir
     studio = Studio(root / "studio", str(tiny_model_dir),
                     ["train.max_steps=2", "train.precision=fp32", "eval.max_new_tokens=4", "generation.max_new_tokens=8"])
     app = create_app(Engine([run]), studio=studio)
@@ -100,6 +101,23 @@ def test_chat_streams_an_answer_and_marks_a_refusal(site, browser):
     wait_for(browser, lambda d: "refused" in last_answer(d).get_attribute("class"))
     assert "Solo pilas." in last_answer(browser).text and "Refused by the domain guard" in last_answer(browser).text
     browser.save_screenshot(str(SHOTS / "chat.png"))
+
+
+def test_guided_interview_asks_each_question_then_answers(site, browser):
+    from selenium.webdriver.common.by import By
+
+    url, _ = site
+    browser.get(url)
+    wait_for(browser, lambda d: d.find_element(By.ID, "interview-start").is_displayed())
+    browser.find_element(By.ID, "interview-start").click()
+    wait_for(browser, lambda d: last_answer(d) is not None and last_answer(d).text == "¿Qué función?")
+    send(browser, "exportar notas")
+    wait_for(browser, lambda d: last_answer(d).text == "¿Cuál es tu rol?")
+    send(browser, "docente")
+    wait_for(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg.assistant")) == 3
+             and not d.find_element(By.ID, "send").get_property("disabled"))
+    assert last_answer(browser).text.strip() not in ("", "…")
+    browser.save_screenshot(str(SHOTS / "interview.png"))
 
 
 def test_studio_uploads_checks_trains_and_chats(site, browser, tmp_path):

@@ -218,10 +218,11 @@ def eval_cmd(run, probe, against, endpoint, endpoint_model, max_new_tokens, limi
 @click.option("--api-key", default=None, help="Require this key (default: AFINAR_API_KEY from the environment; none: no key).")
 @click.option("--mode", type=click.Choice(["off", "refuse", "strict"]), default=None, help="Guard mode for every run (default: each recipe's).")
 @click.option("--max-queue", type=click.IntRange(min=1), default=16, show_default=True, help="Requests that may wait for the model; the next gets 429.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True, help="Replies generated together when clients ask at once (1: one at a time).")
 @click.option("--studio/--no-studio", default=True, show_default=True, help="Offer the studio (upload, check, train, evaluate) on the web page.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("studio"), show_default=True, help="Where the studio keeps uploads, recipes and runs.")
 @click.option("--engine", "backend", type=click.Choice(["afinar", "vllm"]), default="afinar", show_default=True, help="'vllm': print (or start, when vllm is installed) the vllm serve command for GPUs.")
-def serve_cmd(runs, host, port, api_key, mode, max_queue, studio, workdir, backend):
+def serve_cmd(runs, host, port, api_key, mode, max_queue, max_batch, studio, workdir, backend):
     """Serve runs over an OpenAI-compatible API, with a web chat and studio at /."""
     import os
 
@@ -235,7 +236,7 @@ def serve_cmd(runs, host, port, api_key, mode, max_queue, studio, workdir, backe
     from afinar.serving.api import ServeLimits, create_app
     from afinar.serving.studio import Studio
 
-    engine = Engine(list(runs), mode)
+    engine = Engine(list(runs), mode, max_batch)
     base = engine.persona(engine.names[0]).recipe.base_model
     app = create_app(engine, api_key, ServeLimits(max_queue=max_queue), Studio(workdir, base) if studio else None)
     click.echo(f"afinar serve: {', '.join(engine.names)} on http://{host}:{port}/ (API: /v1/chat/completions)"

@@ -9,7 +9,8 @@ guard to the last user message first:
   - strict:  the curated answer of the best-matching training record, or the refusal; never
              free text.
 `engine.stream(...)` yields the reply as it is generated (the guard's decision comes first).
-Generation is greedy by default, uses the KV cache and stops at the template's end of turn.
+Generation is greedy by default, uses the KV cache and stops at the template's end of turn;
+concurrent replies (the API's clients) are generated in one batch by `batcher.Batcher`.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ class _Persona:
 
 
 class Engine:
-    """Base model + adapters + guards; thread-safe (one generation at a time)."""
+    """Base model + adapters + guards; thread-safe: replies asked at the same time are generated
+    together in one batch (`batcher.py`), each still streamed to its own caller."""
 
-    def __init__(self, run_dirs: list[str | Path], mode: str | None = None):
+    def __init__(self, run_dirs: list[str | Path], mode: str | None = None, max_batch: int = 16):
         from peft import PeftModel
 
         from afinar.generation import load_run
@@ -63,7 +65,9 @@ class Engine:
         self.model: PeftModel = first.model
         self.personas: dict[str, _Persona] = {}
         self._adapter_names: dict[str, str] = {}  # persona -> peft adapter name
-        self._lock = threading.Lock()
+        from afinar.batcher import Batcher
+
+        self._batcher = Batcher(self.model, max_batch)
         self._add(first.run_dir, first.recipe, first.tokenizer, mode, adapter_name="default")
         for run_dir in run_dirs[1:]:
             self._load_more(Path(run_dir), mode)
@@ -96,7 +100,7 @@ class Engine:
 
     def add_run(self, run_dir: str | Path) -> str:
         """Load one more run's adapter on the shared base (the studio's freshly trained run)."""
-        with self._lock:  # not while a reply is being generated
+        with self._batcher.lock:  # not while replies are being generated
             self._load_more(Path(run_dir), None)
         return list(self.personas)[-1]
 
@@ -169,40 +173,19 @@ class Engine:
             text.append(chunk)
             yield chunk
         yield Reply("".join(text).strip(), False, p.recipe.guard.mode, p.name, tokens=counts.get("new", 0),
-                    prompt_tokens=counts.get("prompt", 0), truncated=counts.get("new", 0) >= counts.get("limit", 1 << 30))
+                    prompt_tokens=counts.get("prompt", 0), truncated=counts.get("truncated", False))
 
     def _generate(self, p: _Persona, messages, max_new_tokens: int | None, gen, cancel, counts: dict) -> Iterator[str]:
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        """Text chunks of one reply, generated in a batch with any other replies asked meanwhile."""
+        from afinar.batcher import DONE, Request
+        from afinar.chat_template import render_prompt, with_system
+        from afinar.generation import generation_settings
 
-        from afinar.generation import generation_inputs
-
-        with self._lock:
-            self.model.set_adapter(self._adapter_names[p.name])
-            inputs, kwargs = generation_inputs(self.model, p.tokenizer, messages, p.recipe.system_prompt, gen, max_new_tokens)
-            streamer = TextIteratorStreamer(p.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            prompt_len = inputs["input_ids"].shape[1]
-            counts.update(prompt=prompt_len, limit=kwargs["max_new_tokens"])
-            stop = StoppingCriteriaList([_Cancelled(cancel)]) if cancel is not None else None
-            result = {}
-
-            def run():
-                result["ids"] = self.model.generate(**inputs, **kwargs, streamer=streamer, stopping_criteria=stop)
-
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
-            yield from streamer
-            worker.join()
-            if "ids" in result:
-                counts["new"] = int(result["ids"].shape[1] - prompt_len)
-
-
-class _Cancelled:
-    """A stopping criterion that ends generation once `event` is set."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        prompt = render_prompt(p.tokenizer, with_system(messages, p.recipe.system_prompt))
+        request = self._batcher.submit(Request(self._adapter_names[p.name], p.tokenizer, prompt,
+                                               generation_settings(p.tokenizer, gen, max_new_tokens), cancel))
+        while (chunk := request.out.get()) is not DONE:
+            yield chunk
+        if request.error is not None:
+            raise request.error
+        counts.update(prompt=request.prompt_tokens, new=request.new_tokens, truncated=request.truncated)
