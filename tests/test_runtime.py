@@ -4,14 +4,13 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from test_train import tiny_recipe
+from test_train import two_tiny_runs
 
 from afinar.cli import main
 from afinar.engine import Engine
 from afinar.errors import AfinarError
 from afinar.interview import assemble
 from afinar.recipe import InterviewConfig
-from afinar.training import train
 
 REFUSAL = "Solo pilas."
 
@@ -19,13 +18,7 @@ REFUSAL = "Solo pilas."
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
     """Two tiny trained runs on the same base ('tiny' and 'otra')."""
-    root = tmp_path_factory.mktemp("runs")
-    out = []
-    for name in ("tiny", "otra"):
-        recipe = tiny_recipe(root / name, tiny_model_dir, f"name={name}", "train.max_steps=2",
-                             f"train.output_dir={root / 'runs'}")
-        out.append(train(recipe, progress=False).run_dir)
-    return out
+    return two_tiny_runs(tmp_path_factory.mktemp("runs"), tiny_model_dir)
 
 
 def ask(*args, input=None):

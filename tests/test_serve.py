@@ -8,11 +8,10 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from test_train import tiny_recipe
+from test_train import two_tiny_runs
 
 from afinar.engine import Engine
 from afinar.serving.api import ServeLimits, create_app
-from afinar.training import train
 
 REFUSAL = "Solo pilas."
 KEY = "clave-de-prueba"
@@ -22,13 +21,7 @@ OUT_OF_DOMAIN = "¿Quién ganó el mundial de fútbol de 2010?"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("serve-runs")
-    out = []
-    for name in ("tiny", "otra"):
-        recipe = tiny_recipe(root / name, tiny_model_dir, f"name={name}", "train.max_steps=2", f"train.output_dir={root / 'runs'}",
-                             "generation.max_new_tokens=6")
-        out.append(train(recipe, progress=False).run_dir)
-    return out
+    return two_tiny_runs(tmp_path_factory.mktemp("serve-runs"), tiny_model_dir, "generation.max_new_tokens=6")
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,15 @@ def tiny_recipe(tmp_path, model_dir, *overrides):
     return load_recipe(tmp_path / "r.yaml", list(overrides))
 
 
+def two_tiny_runs(root, model_dir, *overrides):
+    """Two tiny runs trained 2 steps on the same base, named 'tiny' and 'otra' (several adapters, one base)."""
+    out = []
+    for name in ("tiny", "otra"):
+        recipe = tiny_recipe(root / name, model_dir, f"name={name}", "train.max_steps=2", f"train.output_dir={root / 'runs'}", *overrides)
+        out.append(train(recipe, progress=False).run_dir)
+    return out
+
+
 def metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

@@ -53,7 +53,7 @@ def verdict(report: dict) -> list[dict]:
             mine, theirs = report["loss"]["tuned"][metric], report["loss"][rival][metric]
         else:
             held = report["summary"].get(section, {})
-            mine, theirs = (held.get(f"tuned/off") or {}).get(metric), (held.get(f"{rival}/off") or {}).get(metric)
+            mine, theirs = (held.get("tuned/off") or {}).get(metric), (held.get(f"{rival}/off") or {}).get(metric)
         if mine is None or theirs is None:
             continue
         rows.append({"figure": label, "tuned": mine, "rival": theirs, "rival_name": rival,
