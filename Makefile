@@ -25,7 +25,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/train_speed.py
 	$(PY) bench/guard_bench.py > /dev/null
-	$(PY) bench/serve_load.py
+	$(PY) bench/serve_load.py --seconds 240
 	$(PY) bench/report.py
 
 clean:

@@ -84,8 +84,10 @@ def serve_section(data: dict | None) -> list[str]:
             "max batch 1: replies generated one at a time (the time to first token is the wait in the queue); "
             "16 (the default): replies asked at the same time are generated in one left-padded batch, each still "
             "streamed to its own client (src/afinar/batcher.py). Guard refusals never wait for the model. RSS grows "
-            "during warm-up (allocator pools, KV caches of new shapes) and levels off: in a 240 s run it went "
-            "966 -> 1132 MB in the first ~190 s and stayed flat for the last 60 s.", ""]
+            "during warm-up (allocator pools, KV caches of new shapes) and then levels off: in the 240 s run, one at a "
+            "time went 967 -> 1077 MB in the first ~190 s and stayed there; batched, it moves between ~1.09 and "
+            "1.25 GB with brief peaks near 2 GB while a full batch of long prompts is in flight, with no upward trend "
+            "(the RSS every 5 s is in bench/results/serve_load.json).", ""]
 
 
 def main() -> None:
