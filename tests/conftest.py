@@ -62,12 +62,12 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_model(vocab_size: int, seed: int = 0):
+def build_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 16):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
                          tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     return LlamaForCausalLM(config)

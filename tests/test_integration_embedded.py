@@ -54,3 +54,20 @@ def test_embedded_qlora_nf4_trains_on_cpu(tmp_path, embedded):
     result = train(demo_recipe(tmp_path, "quantization=nf4", "train.max_steps=1"), progress=False)
     adapter = load_file(result.adapter_dir / "adapter_model.safetensors")
     assert result.steps == 1 and any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+
+
+def test_embedded_exports_agree_with_the_adapter(tmp_path, embedded):
+    """Merged, GGUF (f16, q8_0) and the Ollama Modelfile of a real run behave like base + adapter."""
+    from afinar.export import export_run
+    from afinar.export.ollama import parse_modelfile
+
+    result = train(demo_recipe(tmp_path, "train.max_steps=2"), progress=False)
+    quiet = lambda *a: None
+    merged = export_run(result.run_dir, "merged", tmp_path / "merged", log=quiet)
+    assert "same greedy next token everywhere: True" in merged.checks[0]
+    f16 = export_run(result.run_dir, "gguf", tmp_path / "gguf", qtype="f16", log=quiet)
+    assert "on 3/3 prompts" in f16.checks[1]  # the GGUF read back writes the same greedy text
+    ollama = export_run(result.run_dir, "ollama", tmp_path / "ollama", qtype="q8_0", log=quiet)
+    parsed = parse_modelfile(ollama.path.read_text())
+    assert parsed["parameters"]["stop"][0] == "<|im_end|>" and "<|im_start|>assistant" in parsed["template"]
+    assert (ollama.path.parent / parsed["from"].removeprefix("./")).stat().st_size > 100e6

@@ -263,6 +263,24 @@ def _serve_vllm(runs: list[Path], host: str, port: int, with_key: bool) -> None:
     sys.exit(subprocess.call(argv))
 
 
+@main.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--to", "to", type=click.Choice(["merged", "gguf", "ollama", "hub"]), required=True, help="What to write.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: RUN/export/<to>).")
+@click.option("--type", "qtype", type=click.Choice(["f16", "q8_0"]), default="q8_0", show_default=True, help="GGUF weight type (gguf, ollama).")
+@click.option("--repo", default=None, metavar="USER/NAME", help="Hub repository (hub).")
+@click.option("--merged", "merged_weights", is_flag=True, help="Push the merged model instead of the adapter (hub).")
+@click.option("--dry-run", is_flag=True, help="Write the folder that would be pushed, push nothing (hub).")
+def export_cmd(run, to, out, qtype, repo, merged_weights, dry_run):
+    """Export a run: merged safetensors, GGUF, an Ollama Modelfile, or the Hugging Face Hub."""
+    from afinar.export import export_run
+
+    result = export_run(run, to, out, qtype, repo, dry_run, merged_weights, log=lambda text: click.echo(text))
+    for line in result.checks:
+        click.echo(f"verified: {line}" if not line.startswith(("dry run", "pushed")) else line)
+    click.echo(f"{to}: {result.path}")
+
+
 @main.command("doctor")
 @click.argument("recipe_path", required=False, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")

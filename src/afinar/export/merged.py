@@ -66,7 +66,6 @@ def export_merged(run_dir: str | Path, out: str | Path, log=print) -> tuple[Path
         tokenizer.save_pretrained(tmp)
         (tmp / "export.json").write_text(json.dumps({"kind": "merged", "run": str(run_dir), "base_model": recipe.base_model,
                                                      "check": asdict(check)}, indent=2) + "\n")
-    log(check.describe())
     return out, check
 
 
