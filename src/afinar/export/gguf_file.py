@@ -5,7 +5,8 @@ what llama.cpp and Ollama load most reliably:
   1. weights from the merged safetensors folder, renamed to GGUF's tensor names; the q and k
      projections are permuted the way llama.cpp's converter does (its rotary layout), and
      transformers' GGUF reader permutes them back;
-  2. types: norms in F32; matrices in F16, or Q8_0 (blocks of 32 int8 with one f16 scale);
+  2. types: norms in F32; matrices in F16, Q8_0 (blocks of 32 int8 with one f16 scale), or
+     Q5_0 / Q4_0 (5 or 4 bits, token embeddings kept at Q8_0);
   3. metadata: the architecture's hyper-parameters, and the tokenizer in full: vocabulary, token
      types, BPE merges, bos/eos/pad ids, the chat template, and the end-of-turn token as both
      eos and eot, so runtimes stop where the trained template ends a turn;
@@ -26,7 +27,7 @@ import numpy as np
 from afinar.errors import AfinarError
 
 SUPPORTED = ("llama", "mistral")
-TYPES = ("f16", "q8_0")
+TYPES = ("f16", "q8_0", "q5_0", "q4_0")
 NAMES = {  # HF name (after "model.layers.N.") -> GGUF name (after "blk.N.")
     "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
     "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
@@ -99,14 +100,20 @@ def _tensors(weights: dict[str, np.ndarray], config):
 
 
 def _add(writer, name: str, array: np.ndarray, qtype: str) -> None:
+    """Norms stay F32; matrices get `qtype` (blocks of 32 along the rows), except the token
+    embeddings of 4-5 bit files, kept at Q8_0 as llama.cpp's own quantiser does."""
     import gguf
 
     array = array.astype(np.float32)
     if array.ndim == 1 or name.endswith("_norm.weight"):
         writer.add_tensor(name, array)
-    elif qtype == "q8_0" and array.shape[-1] % 32 == 0:
-        data = gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0)
-        writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        return
+    if qtype in ("q5_0", "q4_0") and name in ("token_embd.weight", "output.weight"):
+        qtype = "q8_0"
+    kind = getattr(gguf.GGMLQuantizationType, qtype.upper())
+    if qtype != "f16" and array.shape[-1] % 32 == 0:
+        data = gguf.quants.quantize(array, kind)
+        writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=kind)
     else:
         writer.add_tensor(name, array.astype(np.float16))
 
@@ -128,7 +135,7 @@ def _metadata(writer, config, qtype: str, name: str) -> None:
     theta = getattr(config, "rope_theta", None) or (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
     writer.add_rope_freq_base(float(theta))
     writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{qtype.upper()}"))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
