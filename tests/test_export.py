@@ -164,3 +164,11 @@ def test_export_cli_says_what_it_verified(run_dir, tmp_path):
     assert "verified: merged logits match base + adapter" in out.output
     bad = CliRunner().invoke(main, ["export", str(tmp_path / "nada"), "--to", "merged"])
     assert bad.exit_code == 1 and "no trained adapter" in bad.output and "Traceback" not in bad.output
+
+
+def test_gguf_read_back_by_llama_cpp(run_dir, tmp_path):
+    """A reader nobody here wrote: llama.cpp itself (llama-cpp-python, optional: it builds from source)."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python; ~5 min build)")
+    result = export_run(run_dir, "gguf", tmp_path / "g", qtype="f16", log=lambda *a: None)
+    line = next(c for c in result.checks if "llama.cpp" in c)
+    assert "same tokens, greedy text equal to the merged model's on 3/3 prompts" in line, line

@@ -54,7 +54,7 @@ def _merged(run_dir: Path, out: Path, log):
 def _gguf(run_dir: Path, out: Path, qtype: str, ollama: bool, log) -> ExportResult:
     import tempfile
 
-    from afinar.export.gguf_file import verify_gguf, write_gguf
+    from afinar.export.gguf_file import verify_gguf, verify_with_llama_cpp, write_gguf
     from afinar.export.merged import CHECK_PROMPTS
     from afinar.generation import read_run
 
@@ -72,18 +72,21 @@ def _gguf(run_dir: Path, out: Path, qtype: str, ollama: bool, log) -> ExportResu
         if check.next_token_agreement < MIN_AGREEMENT[qtype]:
             raise AfinarError(f"the {qtype} GGUF does not behave like the merged model: {check.describe()} "
                               f"(at least {MIN_AGREEMENT[qtype]:.0%} expected); nothing was written")
+        checks = [merge_check.describe(), check.describe()]
+        llama_cpp = verify_with_llama_cpp(gguf_file, merged, CHECK_PROMPTS, recipe.system_prompt)
+        checks += [llama_cpp] if llama_cpp else []
         from afinar.io import atomic_dir
 
         with atomic_dir(out) as folder:
             gguf_file.replace(folder / name)
             record = {"kind": "ollama" if ollama else "gguf", "type": qtype, "run": str(run_dir),
-                      "merge_check": merge_check.describe(), "gguf_check": check.describe()}
+                      "merge_check": merge_check.describe(), "gguf_check": check.describe(), "llama_cpp_check": llama_cpp}
             if ollama:
                 from afinar.export.ollama import modelfile
 
                 (folder / "Modelfile").write_text(modelfile(name, tokenizer, recipe), encoding="utf-8")
             (folder / "export.json").write_text(json.dumps(record, indent=2) + "\n")
-    return ExportResult("ollama" if ollama else "gguf", out / ("Modelfile" if ollama else name), [merge_check.describe(), check.describe()])
+    return ExportResult("ollama" if ollama else "gguf", out / ("Modelfile" if ollama else name), checks)
 
 
 def _hub(run_dir: Path, out: Path, repo: str | None, dry_run: bool, merged_weights: bool, log) -> ExportResult:

@@ -209,5 +209,29 @@ def verify_gguf(gguf_file: Path, merged_dir: Path, prompts: list[str], system_pr
     return GgufCheck("transformers' GGUF loader", len(prompts), tokens, equal, agree / max(1, total))
 
 
-def check_record(check) -> dict:
-    return asdict(check)
+def verify_with_llama_cpp(gguf_file: Path, merged_dir: Path, prompts: list[str], system_prompt: str, tokens: int = 16) -> str | None:
+    """Greedy text of llama.cpp (llama-cpp-python, when installed) against the merged model's;
+    None when llama-cpp-python is not installed (it builds from source, ~5 min here)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from afinar.chat_template import render_prompt, with_system
+
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    llm = Llama(model_path=str(gguf_file), n_ctx=1024, verbose=False)
+    equal = 0
+    for text in prompts:
+        prompt = render_prompt(tokenizer, with_system([{"role": "user", "content": text}], system_prompt))
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        if llm.tokenize(prompt.encode(), add_bos=False, special=True) != ids[0].tolist():
+            return "llama.cpp splits the prompt differently from the model's tokenizer"
+        with torch.no_grad():
+            ours = merged.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        theirs = llm.create_completion(prompt, max_tokens=tokens, temperature=0.0, top_k=1, repeat_penalty=1.0)["choices"][0]["text"]
+        equal += int(tokenizer.decode(ours[0, ids.shape[1]:], skip_special_tokens=True) == theirs)
+    return f"read back with llama.cpp: same tokens, greedy text equal to the merged model's on {equal}/{len(prompts)} prompts"
