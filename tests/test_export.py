@@ -172,3 +172,18 @@ def test_gguf_read_back_by_llama_cpp(run_dir, tmp_path):
     result = export_run(run_dir, "gguf", tmp_path / "g", qtype="f16", log=lambda *a: None)
     line = next(c for c in result.checks if "llama.cpp" in c)
     assert "same tokens, greedy text equal to the merged model's on 3/3 prompts" in line, line
+
+
+def test_qlora_run_is_merged_into_the_dequantised_base(tmp_path, wide_model_dir):
+    """QLoRA: the adapter goes into fp32 weights, not into the 4-bit ones."""
+    from safetensors.torch import load_file
+
+    run = train(tiny_recipe(tmp_path, wide_model_dir, "quantization=nf4", "train.max_steps=2",
+                            f"train.output_dir={tmp_path / 'runs'}"), progress=False).run_dir
+    said = []
+    result = export_run(run, "merged", tmp_path / "merged", log=said.append)
+    assert any("dequantised base" in s for s in said) and "same greedy next token everywhere: True" in result.checks[0]
+    weights = load_file(result.path / "model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # no 4-bit packed tensors
+    assert not any("quant" in k or "absmax" in k for k in weights)
+    assert "quantization_config" not in json.loads((result.path / "config.json").read_text())
