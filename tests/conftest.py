@@ -62,13 +62,13 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 16):
+def build_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 16, positions: int = 512):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=positions,
                          tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     return LlamaForCausalLM(config)
 

@@ -316,6 +316,32 @@ def recipe_fields():
         click.echo(f"{key:32} {default:14} {doc}")
 
 
+@main.group("recipes", cls=_Group)
+def recipes_group():
+    """The bundled recipes, one per seed system (recipes/)."""
+
+
+@recipes_group.command("list")
+def recipes_list():
+    """List the bundled recipes."""
+    from afinar.recipes_catalog import list_recipes
+
+    for r in list_recipes():
+        click.echo(f"{r.name:18} {r.base_model:38} {r.schema:10} guard {r.guard:7} {', '.join(r.data)}")
+        click.echo(f"{'':18} {r.seed}  ({r.path})")
+
+
+@recipes_group.command("check")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def recipes_check(paths):
+    """Validate recipes for their own (GPU) base models without downloading them."""
+    from afinar.recipes_catalog import check_gpu_settings, list_recipes
+
+    for path in paths or [r.path for r in list_recipes()]:
+        for line in check_gpu_settings(Path(path)):
+            click.echo(line)
+
+
 @main.command("demo")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("runs/demo"), help="Where the demo writes its files.")
 def demo(workdir):

@@ -145,7 +145,7 @@ def _model(recipe, setup: TrainSetup, device, log):
 
     torch.manual_seed(recipe.train.seed)
     base = load_base(recipe, setup.weights_dtype, device)
-    model = attach_lora(base, recipe, setup.gradient_checkpointing)
+    model = attach_lora(base, recipe, setup.gradient_checkpointing, log)
     trainable, total = model.get_nb_trainable_parameters()
     log(f"model: {recipe.base_model} ({total / 1e6:.0f}M parameters, {setup.describe()}); "
         f"LoRA r={recipe.lora.r} trains {trainable / 1e6:.2f}M ({100 * trainable / total:.2f}%)")

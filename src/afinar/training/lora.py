@@ -35,14 +35,29 @@ def target_modules(recipe: Recipe, model_type: str) -> list[str] | str:
     return [wanted] if isinstance(wanted, str) else list(wanted)
 
 
-def check_targets(model, targets: list[str] | str) -> None:
-    """Fail early, naming the model's linear layers, when a target module does not exist."""
+# The same layer under another architecture's name (phi-2's `dense` is Llama's `o_proj`), so a
+# recipe written for one base (the seeds' phi-2) still runs with `--set base_model=embedded`.
+EQUIVALENT = {"dense": "o_proj", "o_proj": "dense", "fc1": "up_proj", "up_proj": "fc1", "fc2": "down_proj", "down_proj": "fc2"}
+
+
+def linear_names(model) -> set[str]:
+    return {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) or "Linear" in type(mod).__name__}
+
+
+def check_targets(model, targets: list[str] | str, log=None) -> list[str] | str:
+    """The targets as this model names them (an equivalent name is taken, and said, when the
+    recipe's does not exist here); fails early, naming the model's linear layers, otherwise."""
     if targets == "all-linear":
-        return
-    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) or "Linear" in type(mod).__name__}
-    missing = [t for t in targets if t not in names]
+        return targets
+    names = linear_names(model)
+    resolved = [t if t in names or EQUIVALENT.get(t) not in names else EQUIVALENT[t] for t in targets]
+    missing = [t for t in resolved if t not in names]
     if missing:
         raise AfinarError(f"lora.target_modules: {missing} not in this model; its linear layers are {sorted(names)}")
+    swapped = [f"{a} -> {b}" for a, b in zip(targets, resolved) if a != b]
+    if swapped and log is not None:
+        log(f"lora.target_modules: this architecture names them differently ({', '.join(swapped)})")
+    return list(dict.fromkeys(resolved))
 
 
 def load_base(recipe: Recipe, dtype: torch.dtype, device: torch.device | str = "cpu"):
@@ -71,12 +86,11 @@ def load_base(recipe: Recipe, dtype: torch.dtype, device: torch.device | str = "
     return model
 
 
-def attach_lora(model, recipe: Recipe, gradient_checkpointing: bool):
+def attach_lora(model, recipe: Recipe, gradient_checkpointing: bool, log=print):
     """Wrap the model with trainable LoRA adapters (peft)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    targets = target_modules(recipe, model.config.model_type)
-    check_targets(model, targets)
+    targets = check_targets(model, target_modules(recipe, model.config.model_type), log)
     if recipe.quantization == "nf4":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
