@@ -2,6 +2,7 @@
 
     python bench/recipes_embedded.py                    # every recipe in recipes/
     python bench/recipes_embedded.py banco_faq tutor_estricto
+    python bench/recipes_embedded.py --eval-only tutor_estricto   # evaluate the existing run again
 
 For each recipe: `afinar train recipes/<name>.yaml --set base_model=embedded` (the seed's own
 settings otherwise, QLoRA included), then `afinar eval` on its held-out split and its probe.
@@ -24,13 +25,15 @@ WORK = ROOT / "runs" / "recipes"
 BEGIN, END = "<!-- recipes-table:begin -->", "<!-- recipes-table:end -->"
 
 
-def run_recipe(stem: str) -> dict:
+def run_recipe(stem: str, previous: dict | None = None) -> dict:
+    """Train (unless `previous` holds this recipe's training) and evaluate one recipe."""
     recipe = ROOT / "recipes" / f"{stem}.yaml"
     train = [sys.executable, "-m", "afinar.cli", "train", str(recipe.relative_to(ROOT)), "--set", "base_model=embedded",
              "--set", f"train.output_dir={WORK.relative_to(ROOT)}", "--no-progress"]
     start = time.time()
-    subprocess.run(train, cwd=ROOT, check=True)
-    train_s = time.time() - start
+    if previous is None:
+        subprocess.run(train, cwd=ROOT, check=True)
+    train_s = time.time() - start if previous is None else previous["train_seconds"]
     from afinar.recipe import load_recipe
 
     run_dir = WORK / load_recipe(recipe).name
@@ -66,11 +69,13 @@ def _pct(value) -> str:
 
 
 def main(argv: list[str]) -> None:
-    stems = argv or sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+    eval_only = "--eval-only" in argv
+    stems = [a for a in argv if a != "--eval-only"] or sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for stem in stems:
         print(f"== {stem}", flush=True)
-        results[stem] = run_recipe(stem)
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # another run may have added some
+        results[stem] = run_recipe(stem, results.get(stem) if eval_only else None)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     if DOC.exists() and BEGIN in DOC.read_text():

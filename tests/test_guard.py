@@ -1,5 +1,6 @@
 """Domain guard pieces: text features, injection handling, scoring, calibration, save/load."""
 
+import json
 import numpy as np
 import pytest
 
@@ -159,3 +160,26 @@ def test_a_run_without_its_data_gets_a_clear_error_not_a_traceback(tmp_path):
 
     with pytest.raises(AfinarError, match=r"no training records.*data/train\.jsonl.*--mode off"):
         load_run_guard(tmp_path, FakeEmbedder())
+
+
+def test_questions_like_the_datasets_own_refusal_examples_are_refused(tmp_path):
+    """Pins a bug: the strict tutor's CSV answers off-topic questions with the refusal sentence;
+    those rows became a record, and strict mode returned the refusal as a curated answer, not
+    marked as refused."""
+    from afinar.guard.store import build_run_guard
+
+    refusal = "Solo hablo de burbuja."
+    rows = [("¿Qué es el ordenamiento burbuja?", "Compara pares vecinos y los intercambia."),
+            ("¿Cuánto tarda la burbuja?", "O(n^2) en el peor caso."),
+            ("¿Qué es quicksort?", refusal), ("¿Cómo funciona quicksort con pivote?", refusal)]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], "kind": "original"}, ensure_ascii=False) + "\n"
+        for q, a in rows))
+    (tmp_path / "recipe.yaml").write_text(f"name: t\nrefusal: {refusal}\ndata: {{files: [x.csv]}}\n")
+    guard = build_run_guard(tmp_path, FakeEmbedder())
+    assert [r.refusal for r in guard.records] == [False, False, True]
+    guard.thresholds.refuse = guard.thresholds.strict = 0.2
+    decision = guard.check("¿qué es quicksort?", "strict")
+    assert not decision.in_domain and decision.reason == "like_a_refusal_example"
+    assert guard.check("¿qué es el ordenamiento burbuja?", "strict").in_domain

@@ -30,7 +30,7 @@ from afinar.guard.text import IdfIndex, terms
 
 # Weights of the three signals (see the module docstring) and the saved guard's format version.
 COVERAGE_WEIGHT, REVERSE_WEIGHT, EMBED_WEIGHT = 0.55, 0.20, 0.25
-GUARD_VERSION = 2
+GUARD_VERSION = 3
 # Calibration (see `calibrate`): quantiles of the out-of-domain questions' scores.
 REFUSE_QUANTILE, STRICT_QUANTILE, MIN_THRESHOLD = 0.85, 0.97, 0.2
 
@@ -40,6 +40,7 @@ class Record:
     questions: list[str]
     answer: str
     source: str = ""
+    refusal: bool = False  # the dataset's own out-of-domain examples, answered with the refusal
 
 
 @dataclass
@@ -115,7 +116,10 @@ class DomainGuard:
         best, score = self.scores([text])[0]
         threshold = self.thresholds.strict if mode == "strict" else self.thresholds.refuse
         inside = score >= threshold
-        return Decision(inside, score, self.records[best], "in_domain" if inside else "out_of_domain", _ms(start))
+        record = self.records[best]
+        if inside and record.refusal:  # closest to one of the dataset's own refusal examples
+            return Decision(False, score, record, "like_a_refusal_example", _ms(start))
+        return Decision(inside, score, record, "in_domain" if inside else "out_of_domain", _ms(start))
 
     def calibrate(self, negatives: list[str]) -> Thresholds:
         """Pick the refuse and strict thresholds from out-of-domain questions (`negatives`).

@@ -19,8 +19,12 @@ from afinar.guard.guard import DomainGuard, Record
 GUARD_DIR = "guard"
 
 
-def records_from_run(run_dir: Path) -> list[Record]:
+def records_from_run(run_dir: Path, refusal: str = "") -> list[Record]:
+    """One record per curated answer; answers equal to the recipe's `refusal` (a dataset's own
+    out-of-domain examples, as in the strict tutor's) are marked, so a question that matches them
+    is refused rather than answered with the refusal as if it were content."""
     by_answer: dict[str, Record] = {}
+    refusal_key = normalise_text(refusal) if refusal else None
     for split in ("train.jsonl", "eval.jsonl"):
         path = run_dir / "data" / split
         if not path.exists():
@@ -29,7 +33,7 @@ def records_from_run(run_dir: Path) -> list[Record]:
             if ex.kind == "negative":
                 continue
             key = normalise_text(ex.last_answer())
-            rec = by_answer.setdefault(key, Record([], ex.last_answer(), ex.meta.get("source") or ""))
+            rec = by_answer.setdefault(key, Record([], ex.last_answer(), ex.meta.get("source") or "", key == refusal_key))
             if ex.first_user() not in rec.questions:
                 # the curated question first: it is the one embedded with the answer
                 rec.questions.insert(0 if ex.kind != "paraphrase" else len(rec.questions), ex.first_user())
@@ -40,7 +44,7 @@ def build_run_guard(run_dir: Path, embedder=None) -> DomainGuard:
     """Build, calibrate and save the guard of a trained run."""
     from afinar.guard import load_embedder
 
-    records = records_from_run(run_dir)
+    records = records_from_run(run_dir, _refusal(run_dir))
     if not records:
         raise AfinarError(f"{run_dir}: no training records to build the domain guard from (expected "
                           f"{run_dir / 'data' / 'train.jsonl'}); copy the run's data/ folder back, or use --mode off")
@@ -48,6 +52,13 @@ def build_run_guard(run_dir: Path, embedder=None) -> DomainGuard:
     guard.calibrate(list(bundled_negatives()[0]))
     guard.save(run_dir / GUARD_DIR)
     return guard
+
+
+def _refusal(run_dir: Path) -> str:
+    from afinar.recipe import load_recipe
+
+    path = run_dir / "recipe.yaml"
+    return load_recipe(path, check_files=False).refusal if path.exists() else ""
 
 
 def load_run_guard(run_dir: Path, embedder=None, threshold: float | None = None) -> DomainGuard:
