@@ -73,15 +73,18 @@ def build_tiny_model(vocab_size: int, seed: int = 0, hidden: int = 16, positions
     return LlamaForCausalLM(config)
 
 
+def save_tiny_model(out: Path, **shape) -> Path:
+    """Save a tiny random Llama (build_tiny_model's `shape` options) and its tokenizer in `out`."""
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model(len(tokenizer), **shape).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A saved tiny random Llama model + tokenizer folder, usable as a recipe's base_model."""
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(len(tokenizer))
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

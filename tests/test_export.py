@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import build_tiny_tokenizer, save_tiny_model
 from test_train import tiny_recipe
 
 from afinar.cli import main
@@ -22,11 +22,7 @@ CONVERSATION = [{"role": "user", "content": "¿Qué es la pila 3?"}, {"role": "a
 @pytest.fixture(scope="module")
 def wide_model_dir(tmp_path_factory):
     """A tiny Llama whose matrices are wide enough (64) for Q8_0's blocks of 32."""
-    out = tmp_path_factory.mktemp("tiny-wide")
-    tokenizer = build_tiny_tokenizer()
-    build_tiny_model(len(tokenizer), hidden=64).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-wide"), hidden=64)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ architecture (no download), its dataset checked, and each one run end to end on 
 
 import pytest
 from click.testing import CliRunner
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import save_tiny_model
 
 from afinar.cli import main
 from afinar.recipe import load_recipe
@@ -35,11 +35,7 @@ def test_gpu_settings_resolve_for_the_seed_base_model(path):
 @pytest.fixture(scope="module")
 def long_tiny_model_dir(tmp_path_factory):
     """The tiny Llama with room for whole Spanish answers (4096 positions)."""
-    out = tmp_path_factory.mktemp("tiny-long")
-    tokenizer = build_tiny_tokenizer()
-    build_tiny_model(len(tokenizer), positions=4096).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-long"), positions=4096)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
