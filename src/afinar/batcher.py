@@ -86,12 +86,10 @@ class Batcher:
 
     @torch.no_grad()
     def _generate(self, batch: list[Request]) -> None:
+        from afinar.generation import left_padded
+
         tokenizer = batch[0].tokenizer
-        side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        try:
-            inputs = tokenizer([r.prompt for r in batch], return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tokenizer.padding_side = side
+        inputs = left_padded(tokenizer, [r.prompt for r in batch])
         for r, mask in zip(batch, inputs["attention_mask"]):
             r.prompt_tokens = int(mask.sum())
         width = inputs["input_ids"].shape[1]

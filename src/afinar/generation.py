@@ -89,11 +89,17 @@ def generate_batch(model, tokenizer, conversations: list[list[dict[str, str]]], 
     model: 238 vs 32 new tokens/s), which is what makes `afinar eval` affordable on a laptop.
     """
     prompts = [render_prompt(tokenizer, with_system(m, system_prompt)) for m in conversations]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens must follow every prompt
-    try:
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    finally:
-        tokenizer.padding_side = side
+    inputs = left_padded(tokenizer, prompts).to(model.device)
     out = model.generate(**inputs, **generation_settings(tokenizer, gen, max_new_tokens))
     new = out[:, inputs["input_ids"].shape[1]:]
     return [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def left_padded(tokenizer, prompts: list[str]):
+    """Prompts tokenized as one batch padded on the left, so new tokens follow every prompt
+    (the tokenizer's own padding side is left as it was)."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side

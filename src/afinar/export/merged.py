@@ -72,12 +72,10 @@ def export_merged(run_dir: str | Path, out: str | Path, log=print) -> tuple[Path
 def _check_batch(tokenizer, system_prompt: str) -> dict:
     from afinar.chat_template import render_prompt, with_system
 
+    from afinar.generation import left_padded
+
     prompts = [render_prompt(tokenizer, with_system([{"role": "user", "content": p}], system_prompt)) for p in CHECK_PROMPTS]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        return dict(tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False))
-    finally:
-        tokenizer.padding_side = side
+    return dict(left_padded(tokenizer, prompts))
 
 
 def _compare(reference: torch.Tensor, merged: torch.Tensor, mask: torch.Tensor) -> MergeCheck:
