@@ -54,26 +54,27 @@ def _merged(run_dir: Path, out: Path, log):
 def _gguf(run_dir: Path, out: Path, qtype: str, ollama: bool, log) -> ExportResult:
     import tempfile
 
-    from afinar.export.gguf_file import verify_gguf, verify_with_llama_cpp, write_gguf
+    from afinar.export.gguf_file import load_merged, verify_gguf, verify_with_llama_cpp, write_gguf
     from afinar.export.merged import CHECK_PROMPTS
     from afinar.generation import read_run
 
     recipe, tokenizer, _ = read_run(run_dir)
-    if ollama:  # fail on an unreadable chat template before the slow steps
+    name = f"{recipe.name}-{qtype}.gguf"
+    if ollama:  # written first: an unreadable chat template fails before the slow steps
         from afinar.export.ollama import modelfile
 
-        modelfile("model.gguf", tokenizer, recipe)
+        modelfile_text = modelfile(name, tokenizer, recipe)
     with tempfile.TemporaryDirectory(prefix="afinar-merged-") as tmp:
         merged, merge_check = _merged(run_dir, Path(tmp) / "merged", log)
-        name = f"{recipe.name}-{qtype}.gguf"
         log(f"writing {name} ...")
         gguf_file = write_gguf(merged, Path(tmp) / name, qtype, recipe.name)
-        check = verify_gguf(gguf_file, merged, CHECK_PROMPTS, recipe.system_prompt)
+        merged_model, merged_tokenizer = load_merged(merged)
+        check = verify_gguf(gguf_file, merged_model, merged_tokenizer, CHECK_PROMPTS, recipe.system_prompt)
         if check.next_token_agreement < MIN_AGREEMENT[qtype]:
             raise AfinarError(f"the {qtype} GGUF does not behave like the merged model: {check.describe()} "
                               f"(at least {MIN_AGREEMENT[qtype]:.0%} expected); nothing was written")
         checks = [merge_check.describe(), check.describe()]
-        llama_cpp = verify_with_llama_cpp(gguf_file, merged, CHECK_PROMPTS, recipe.system_prompt)
+        llama_cpp = verify_with_llama_cpp(gguf_file, merged_model, merged_tokenizer, CHECK_PROMPTS, recipe.system_prompt)
         checks += [llama_cpp] if llama_cpp else []
         from afinar.io import atomic_dir
 
@@ -82,9 +83,7 @@ def _gguf(run_dir: Path, out: Path, qtype: str, ollama: bool, log) -> ExportResu
             record = {"kind": "ollama" if ollama else "gguf", "type": qtype, "run": str(run_dir),
                       "merge_check": merge_check.describe(), "gguf_check": check.describe(), "llama_cpp_check": llama_cpp}
             if ollama:
-                from afinar.export.ollama import modelfile
-
-                (folder / "Modelfile").write_text(modelfile(name, tokenizer, recipe), encoding="utf-8")
+                (folder / "Modelfile").write_text(modelfile_text, encoding="utf-8")
             (folder / "export.json").write_text(json.dumps(record, indent=2) + "\n")
     return ExportResult("ollama" if ollama else "gguf", out / ("Modelfile" if ollama else name), checks)
 

@@ -182,16 +182,22 @@ class GgufCheck:
                 f"prompts ({self.greedy_tokens} tokens each); next-token agreement {self.next_token_agreement:.1%}")
 
 
-def verify_gguf(gguf_file: Path, merged_dir: Path, prompts: list[str], system_prompt: str, tokens: int = 16) -> GgufCheck:
+def load_merged(merged_dir: Path):
+    """(model, tokenizer) of a merged folder, in fp32, loaded once for both read-back checks."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(merged_dir)
+
+
+def verify_gguf(gguf_file: Path, merged, tokenizer, prompts: list[str], system_prompt: str, tokens: int = 16) -> GgufCheck:
     """Load the GGUF with transformers' reader and compare it with the merged model."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from afinar.chat_template import render_prompt, with_system
 
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     back = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     read_tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     equal, agree, total = 0, 0, 0
     for text in prompts:
@@ -209,7 +215,7 @@ def verify_gguf(gguf_file: Path, merged_dir: Path, prompts: list[str], system_pr
     return GgufCheck("transformers' GGUF loader", len(prompts), tokens, equal, agree / max(1, total))
 
 
-def verify_with_llama_cpp(gguf_file: Path, merged_dir: Path, prompts: list[str], system_prompt: str, tokens: int = 16) -> str | None:
+def verify_with_llama_cpp(gguf_file: Path, merged, tokenizer, prompts: list[str], system_prompt: str, tokens: int = 16) -> str | None:
     """Greedy text of llama.cpp (llama-cpp-python, when installed) against the merged model's;
     None when llama-cpp-python is not installed (it builds from source, ~5 min here)."""
     try:
@@ -217,12 +223,9 @@ def verify_with_llama_cpp(gguf_file: Path, merged_dir: Path, prompts: list[str],
     except ImportError:
         return None
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from afinar.chat_template import render_prompt, with_system
 
-    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     llm = Llama(model_path=str(gguf_file), n_ctx=1024, verbose=False)
     equal = 0
     for text in prompts:
