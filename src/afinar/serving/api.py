@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import json
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -114,18 +115,13 @@ class _Queue:
         with self._lock:
             self.used -= 1
 
+    @contextmanager
     def slot(self):
-        from contextlib import contextmanager
-
-        @contextmanager
-        def held():
-            self.acquire()
-            try:
-                yield
-            finally:
-                self.release()
-
-        return held()
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
 
 
 def _check_size(request, limits: ServeLimits) -> None:

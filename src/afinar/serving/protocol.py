@@ -40,14 +40,20 @@ class ChatRequest:
     top_p: float | None
 
 
-def parse_chat_request(raw: bytes) -> ChatRequest:
-    """Validate a /v1/chat/completions body; raises ApiError(400) naming the bad field."""
+def json_object(raw: bytes, empty: bytes = b"") -> dict:
+    """A request body that must be one JSON object; ApiError(400) otherwise."""
     try:
-        body = json.loads(raw or b"")
+        body = json.loads(raw or empty)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """Validate a /v1/chat/completions body; raises ApiError(400) naming the bad field."""
+    body = json_object(raw)
     messages = _messages(body.get("messages"))
     model = body.get("model")
     if model is not None and not isinstance(model, str):

@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 
 from afinar.errors import AfinarError
-from afinar.serving.protocol import ApiError
+from afinar.serving.protocol import ApiError, json_object
 
 STATIC = ("app.js", "style.css")
 LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>afinar: API key</title>
@@ -123,12 +123,4 @@ def _persona(engine, name: str) -> dict:
 
 
 async def _json(request) -> dict:
-    import json
-
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
-    return body
+    return json_object(await request.body(), empty=b"{}")
