@@ -88,6 +88,8 @@ def evaluate(run_dir: str | Path, probe: str | Path | None = None, against: str 
     _unique_names(contenders)
     # 3. loss on the held-out split
     examples = load_prepared(run_dir / "data" / "eval.jsonl")[:limit]
+    log(f"eval loss of {', '.join(c.model.name for c in contenders if isinstance(c.model, LocalModel))} "
+        f"on {len(examples)} held-out conversations ...")
     losses = {c.model.name: c.model.eval_loss(examples, recipe.eval.batch_size) for c in contenders}
     # 4. answers
     _answer_all(contenders, [held_out, probe_items], max_new_tokens or recipe.eval.max_new_tokens, recipe.eval.batch_size, progress)
