@@ -21,23 +21,50 @@ def _load(name: str) -> dict | None:
 
 
 def training_section(data: dict | None) -> list[str]:
-    if data is None:
+    if data is None or "targets" not in data:
         return ["## Training speed", "", "Not run yet: `python bench/train_speed.py`.", ""]
     m = data["machine"]
     return [
-        "## Training speed: afinar vs the seeds' recipe", "",
+        "## Training speed: afinar vs the seeds' recipe and TRL", "",
         f"Command: `{data['command']}` ({data['bench_seconds']:.0f} s). Machine: {m['cpu']}, {m['cores']} cores, "
-        f"torch {m['torch']}, bf16 on CPU: {m['cpu_bf16']}, {m['date'][:10]}.", "",
-        "The seeds' recipe: every example padded to 512 tokens, loss on all tokens, gradient checkpointing, "
-        "fp32, batch 2 x accumulation 8. afinar: its defaults on this machine. Same model (embedded "
-        "SmolLM2-135M), same examples, same epochs, same LoRA settings and learning rate, measured in one run, "
-        "each contender in its own process (peak RSS is that process's high-water mark).", "",
+        f"torch {m['torch']}, transformers {m['transformers']}, peft {m['peft']}, TRL {m.get('trl')}, "
+        f"bf16 on CPU: {m['cpu_bf16']}, {m['date'][:10]}.", "",
+        "Same model (embedded SmolLM2-135M), same examples, same epochs, same LoRA settings (afinar's defaults), "
+        "same learning rate and schedule, measured in one run, each contender in its own process (peak RSS is that "
+        "process's high-water mark). The seeds' recipe: every example padded to 512 tokens, loss on all tokens, "
+        "gradient checkpointing, fp32, batch 2 x accumulation 8. TRL: `SFTTrainer` with the fastest settings measured "
+        "here (" + data["targets"]["trl_settings_text"] + "). afinar: its defaults. The eval loss is the mean "
+        "cross-entropy on the answer tokens of the held-out examples, computed the same way for all three (fp32 base "
+        "+ the trained adapter). GFLOP/s counts 4N FLOPs per real token (N = the model's parameters) plus causal "
+        "attention, over the wall time of an epoch; the share is of the bf16 matmul throughput measured on this "
+        "machine at the start of the run.", "",
         data["markdown"], "",
-        "The 10x target (issue 3) is for FAQ-style data, where examples are ~100 tokens and padding to 512 "
-        "wastes most of the seeds' compute; the demo's ~250-token examples waste about half, so its ratio is "
-        "reported for reference. The 3 GB peak-memory target is likewise for the FAQ data; on the demo data "
-        "`train.micro_batch_tokens: 512` brings the peak to ~2.8 GB at some cost in speed.", "",
     ]
+
+
+def scaling_section(data: dict | None) -> list[str]:
+    if data is None:
+        return ["## Training time vs data size", "", "Not run yet: `python bench/train_scaling.py`.", ""]
+    return ["## Training time vs data size (afinar)", "",
+            f"Command: `{data['command']}` ({data['bench_seconds']:.0f} s, {data['machine']['date'][:10]}). One epoch, "
+            "afinar's defaults, nothing held out. The 10,000-example epoch is timed over its first steps and projected "
+            "(its data is still checked, split and encoded in full). Compiled rows ran after a warm-up that filled "
+            f"inductor's cache ({data['compile_warmup_s']:.0f} s here; once per machine and model). Linear growth shows "
+            "as a flat tokens/s column.", "", data["markdown"], ""]
+
+
+def inference_section(data: dict | None) -> list[str]:
+    if data is None:
+        return ["## Inference speed", "", "Not run yet: `python bench/inference_speed.py`.", ""]
+    m = data["machine"]
+    return ["## Inference speed: one reply at a time", "",
+            f"Command: `{data['command']}` ({data['bench_seconds']:.0f} s, {m['date'][:10]}, llama-cpp-python "
+            f"{m.get('llama_cpp')}). The same trained run answers a {data['prompt_tokens']}-token prompt (system prompt and "
+            f"chat template included) with {data['new_tokens']} new tokens, greedy, end of turn held back; each contender "
+            "in its own process, best of 3 after a warm-up. New tokens/s is over the whole reply, prefill included. "
+            "llama.cpp runs the GGUF that `afinar export --to gguf` writes (adapter merged); `--engine llamacpp` runs "
+            "that same file behind afinar's guard, template and streaming. The guard's time is `Engine.decide` on the "
+            "demo's probe questions.", "", data["markdown"], ""]
 
 
 def packing_section(data: dict | None) -> list[str]:
@@ -84,17 +111,17 @@ def serve_section(data: dict | None) -> list[str]:
             "max batch 1: replies generated one at a time (the time to first token is the wait in the queue); "
             "16 (the default): replies asked at the same time are generated in one left-padded batch, each still "
             "streamed to its own client (src/afinar/batcher.py). Guard refusals never wait for the model. RSS grows "
-            "during warm-up (allocator pools, KV caches of new shapes) and then levels off: in the 240 s run, one at a "
-            "time went 967 -> 1077 MB in the first ~190 s and stayed there; batched, it moves between ~1.09 and "
-            "1.25 GB with brief peaks near 2 GB while a full batch of long prompts is in flight, with no upward trend "
-            "(the RSS every 5 s is in bench/results/serve_load.json).", ""]
+            "during warm-up (allocator pools, KV caches of new shapes) and then levels off; the RSS every 5 s is in "
+            "bench/results/serve_load.json.", ""]
 
 
 def main() -> None:
     parts = ["# Benchmarks", "", "Written by `make bench` (bench/report.py) from bench/results/*.json; "
              "timings on shared 2-core machines are noisy, so compare ratios measured in one run.", ""]
     parts += training_section(_load("train_speed.json"))
+    parts += scaling_section(_load("train_scaling.json"))
     parts += packing_section(_load("packing.json"))
+    parts += inference_section(_load("inference_speed.json"))
     parts += guard_section(_load("guard.json"))
     parts += serve_section(_load("serve_load.json"))
     OUT.write_text("\n".join(parts) + "\n", encoding="utf-8")

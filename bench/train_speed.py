@@ -1,53 +1,45 @@
-"""Training speed: afinar against the seeds' recipe, same model, same data, one run.
+"""Training speed: afinar against the seeds' recipe and TRL, same model, same data, one run.
 
-    .venv/bin/python bench/train_speed.py                  # defaults: 40 FAQ + 40 demo records, 1 epoch (~6 min on 2 cores)
-    .venv/bin/python bench/train_speed.py --dataset faq    # FAQ only (~2.5 min)
-    .venv/bin/python bench/train_speed.py --dataset both --examples 6 --out /tmp/smoke.json   # smoke test (~1.5 min)
+    .venv/bin/python bench/train_speed.py                       # faq, demo and alpaca, 40 records each (~10 min)
+    .venv/bin/python bench/train_speed.py --dataset faq         # FAQ only (~3.5 min)
+    .venv/bin/python bench/train_speed.py --dataset faq --skip seeds --out /tmp/t.json   # quick look
 
-Two contenders train a LoRA adapter on the embedded model (SmolLM2-135M) with the same
+Three contenders train a LoRA adapter on the embedded model (SmolLM2-135M) with the same
 training examples, the same number of epochs, the same LoRA r/alpha/targets/dropout (afinar's
-defaults), AdamW with the same learning rate and a cosine schedule with the same warm-up ratio:
+defaults), AdamW with the same learning rate and a cosine schedule with the same warm-up:
 
-  A. "seeds' recipe": a plain transformers + peft loop the way the seed scripts did it: every
-     example rendered with the same chat template (`encode_chat`) and padded to 512 tokens,
-     labels on every non-padding token (prompt included), gradient checkpointing, fp32,
-     micro-batches of 2 with gradient accumulation 8;
-  B. afinar: `afinar.training.train(recipe)` with its defaults on this machine.
+  seeds   a plain transformers + peft loop the way the seed scripts did it: every example
+          rendered with the same chat template and padded to 512 tokens, labels on every
+          non-padding token (prompt included), gradient checkpointing, fp32, micro-batches of 2
+          with gradient accumulation 8;
+  trl     TRL's SFTTrainer with the fastest settings measured on this CPU (TRL_SETTINGS), the
+          examples as conversational prompt-completion records (loss on the answers);
+  afinar  `afinar.training.train(recipe)` with its defaults on this machine.
 
-The data is checked and split once, by afinar's own `prepare_data`, into
-<tmp>/runs/<name>/data/{train,eval}.jsonl; contender A reads the same files and contender B
-trains on them with `reuse_data=True`, so both see the identical training and held-out examples.
+Datasets: `faq` (short Spanish FAQ pairs, the targets' case), `demo` (the demo's ~250-token
+algorithm-tutor answers) and `alpaca` (Stanford Alpaca's 175 human-written seed tasks from
+../shared/data, for a real length distribution; skipped when that folder is absent). The data
+is checked and split once, by afinar's `prepare_data`; every contender reads the same files.
 
-Each contender runs in its own subprocess (this file with --worker), so the peak resident
-memory (`ru_maxrss`, a process-wide high-water mark) belongs to that contender alone; it is
-read right after training, before the final evaluation loads anything else. After training,
-each worker computes the eval loss on the answer tokens of the held-out examples the same way:
-fp32 base + trained adapter, `AnswerOnlyLM` + `eval_loss`, no autocast (for B the adapter is
-loaded from runs/<name>/adapter). afinar keeps the adapter with the best eval loss over its
-per-epoch evaluations, so A is also evaluated after every epoch and its best is compared.
-For B the JSON also has the eval loss with the base in afinar's training dtype (how `afinar
-chat` serves it) and afinar's own (autocast) eval losses.
+Each contender runs in its own process (this file with --worker), so the peak resident memory
+(`ru_maxrss`) belongs to it alone; it is read right after training. The eval loss of every
+contender is computed the same way after training: fp32 base + the trained adapter, mean
+cross-entropy over the answer tokens of the held-out examples, no autocast.
 
-Times reported per contender (per epoch):
-  - s / epoch: wall time of the training loop; for afinar its epoch loop minus the time spent in
-    its own evaluations (checkpoint and adapter saving stay counted). The speed-up uses this;
-  - CPU s / epoch: the same span in process CPU time (all threads), less sensitive to other
-    processes competing for the CPUs;
-  - steps only: time inside optimizer steps (for afinar ~ TrainResult.seconds);
-  - for afinar, the whole `train()` call minus model loading and evaluations is in the JSON.
-Useful tokens/s counts non-padding tokens only. "other load" is the share of the machine's CPU
-capacity that other processes used while a contender ran (from /proc/stat): when it is high the
-wall-time figures are not trustworthy and the run should be repeated.
+Reported per contender (per epoch): wall time of the training loop (afinar's minus its own
+evaluations), process CPU time, useful (non-padding) tokens/s, peak RSS, eval loss, and the
+achieved GFLOP/s (4N per real token plus causal attention, see `nominal_flops`) as a share of
+the bf16 matmul throughput measured on this machine at the start (bench/machine.py). "other
+load" is the share of the machine's CPUs other processes used meanwhile (from /proc/stat):
+when it is high, rerun.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
-import platform
 import random
 import resource
 import shlex
@@ -58,16 +50,28 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import Clock, busy_seconds, machine_info, matmul_peak, peak_rss_mb
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEMO_FILE = ROOT / "src" / "afinar" / "resources" / "demo" / "tutor_algoritmos.jsonl"
+ALPACA_FILE = ROOT.parent / "shared" / "data" / "alpaca_seed_tasks.jsonl"
 DEFAULT_OUT = HERE / "results" / "train_speed.json"
 
 SEEDS_PAD_TO = 512
 SEEDS_MICRO_BATCH = 2
 SEEDS_GRAD_ACCUM = 8
-TARGET_SPEEDUP = 10.0
-TARGET_PEAK_MB = 3 * 1024
+# TRL's fastest settings measured on this CPU (faq, 32 examples, one run each): bf16 autocast on a
+# bf16 base, no gradient checkpointing, batches grouped by length, eager attention (9.7 s/epoch,
+# against 10.2 with SDPA); TRL computes the output layer only on answer tokens since 1.x. Slower:
+# packing (22.8 s, and one optimizer step instead of four), torch_compile (389 s: it compiles the
+# whole model, recompiling as shapes change).
+TRL_SETTINGS = {"bf16": True, "gradient_checkpointing": False, "train_sampling_strategy": "group_by_length",
+                "packing": False, "max_length": 1024, "attn_implementation": "eager"}
+TARGET_VS_SEEDS = 12.0
+TARGET_VS_TRL = 1.3
+TARGET_SHARE = 0.60
+LOSS_TOLERANCE = 0.005  # "equal" eval loss: within 0.5%
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,6 +166,26 @@ def demo_rows(n: int) -> list[dict[str, str]]:
     return [{"pregunta": r["pregunta"], "respuesta": r["respuesta"]} for r in rows[:n]]
 
 
+def alpaca_rows(n: int, seed: int = 7) -> list[dict[str, str]] | None:
+    """`n` of Stanford Alpaca's 175 human-written seed tasks (../shared/data), or None when absent.
+
+    Real English instructions nobody on this team wrote, with their varied lengths; each task's
+    first instance gives the input and output.
+    """
+    if not ALPACA_FILE.exists():
+        return None
+    tasks = [json.loads(line) for line in ALPACA_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    random.Random(seed).shuffle(tasks)
+    if n > len(tasks):
+        raise SystemExit(f"--examples {n}: {ALPACA_FILE.name} has {len(tasks)} tasks")
+    return [{"instruction": t["instruction"], "input": t["instances"][0]["input"], "output": t["instances"][0]["output"]}
+            for t in tasks[:n]]
+
+
+def dataset_rows(name: str, n: int) -> list[dict[str, str]] | None:
+    return {"faq": faq_rows, "demo": demo_rows, "alpaca": alpaca_rows}[name](n)
+
+
 def recipe_dict(name: str, data_file: Path, output_dir: Path, args) -> dict:
     """The recipe both contenders share (afinar's defaults apart from the bench settings)."""
     return {
@@ -182,34 +206,6 @@ def encode_rows(tokenizer, recipe, path: Path):
 
 # --------------------------------------------------------------------------------------------
 # workers (each in its own process)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
-
-
-class Clock:
-    """Accumulates wall time and this process's CPU time (all threads) over timed sections."""
-
-    def __init__(self):
-        self.wall = 0.0
-        self.cpu = 0.0
-        self.calls = 0
-
-    def __enter__(self):
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall += time.perf_counter() - self._wall
-        self.cpu += time.process_time() - self._cpu
-        self.calls += 1
-
-    def wrap(self, fn):
-        def wrapper(*a, **k):
-            with self:
-                return fn(*a, **k)
-        return wrapper
 
 
 def answer_eval_loss(model, eval_set, pad_id: int) -> float:
@@ -297,12 +293,99 @@ def worker_seeds(recipe, data_dir: Path) -> dict:
     }
 
 
+def adapter_eval_loss(recipe, adapter_dir: Path, eval_set, pad: int) -> float:
+    """Eval loss (answer tokens, fp32, no autocast) of a saved adapter on the fp32 base."""
+    import torch
+    from peft import PeftModel
+
+    from afinar.training.lora import load_base
+
+    model = PeftModel.from_pretrained(load_base(recipe, torch.float32, "cpu"), str(adapter_dir))
+    return answer_eval_loss(model, eval_set, pad)
+
+
+def trl_rows(recipe, path: Path) -> list[dict]:
+    """The prepared examples as TRL's conversational prompt-completion records (loss on the answer)."""
+    from afinar.chat_template import with_system
+    from afinar.data import load_prepared
+
+    rows = []
+    for ex in load_prepared(path):
+        messages = with_system(ex.messages, recipe.system_prompt)
+        rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
+    return rows
+
+
+def worker_trl(recipe, data_dir: Path) -> dict:
+    """Contender C: TRL's SFTTrainer with the best settings measured on this CPU (TRL_SETTINGS)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from afinar.models import load_tokenizer
+    from afinar.training.lora import load_base, target_modules
+
+    t = recipe.train
+    tokenizer = load_tokenizer(recipe.base_model, recipe.trust_remote_code, recipe.chat_template)
+    eval_set = encode_rows(tokenizer, recipe, data_dir / "eval.jsonl")
+    train_rows = trl_rows(recipe, data_dir / "train.jsonl")
+    settings = {**TRL_SETTINGS, **json.loads(os.environ.get("AFINAR_BENCH_TRL", "{}"))}  # to try other settings
+    attention = settings.pop("attn_implementation", None)
+    load = Clock()
+    with load:
+        model = load_base(recipe, torch.bfloat16, "cpu")
+        if attention:
+            model.set_attn_implementation(attention)
+    lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+                      target_modules=target_modules(recipe, model.config.model_type), bias="none", task_type="CAUSAL_LM")
+    out_dir = Path(t.output_dir) / "trl"
+    config = SFTConfig(
+        output_dir=str(out_dir), num_train_epochs=t.epochs, learning_rate=t.learning_rate,
+        lr_scheduler_type="cosine", warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum, max_grad_norm=1.0,
+        seed=t.seed, data_seed=t.seed, use_cpu=True, save_strategy="no", eval_strategy="no", report_to=[],
+        logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, **settings)
+    steps = Clock()
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            steps.__enter__()
+
+        def on_step_end(self, *a, **k):
+            steps.__exit__()
+
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(train_rows),
+                         processing_class=tokenizer, peft_config=lora, callbacks=[StepTimer()])
+    loop = Clock()
+    with loop:
+        result = trainer.train()
+    peak = peak_rss_mb()
+    trainer.model.save_pretrained(out_dir / "adapter")
+    eval_loss = adapter_eval_loss(recipe, out_dir / "adapter", eval_set, tokenizer.pad_token_id)
+    epochs = int(math.ceil(t.epochs))
+    return {
+        "contender": "trl",
+        "setup": f"TRL {__import__('trl').__version__} SFTTrainer, " + ", ".join(f"{k}={v}" for k, v in settings.items())
+                 + (f", attn_implementation={attention}" if attention else "")
+                 + f", prompt-completion (loss on answers), batch {t.batch_size} x accum {t.grad_accum}",
+        "train_examples": len(train_rows), "eval_examples": len(eval_set), "epochs": epochs,
+        "optimizer_steps": result.global_step, "model_load_s": load.wall,
+        "epoch_s": loop.wall / epochs, "epoch_cpu_s": loop.cpu / epochs,
+        "epoch_steps_s": steps.wall / epochs, "epoch_steps_cpu_s": steps.cpu / epochs,
+        "peak_rss_mb": peak, "eval_loss_best": eval_loss, "eval_loss_final": eval_loss,
+        "final_train_loss": result.training_loss,
+    }
+
+
 def worker_afinar(recipe, data_dir: Path) -> dict:
     """Contender B: afinar.training.train, instrumented from outside (src/ is not modified)."""
     import torch
     from peft import PeftModel
 
     import afinar.training.loop as loop
+    import afinar.training.runtime as runtime
     from afinar.models import load_tokenizer
     from afinar.training.lora import load_base
     from afinar.training.runtime import resolve_setup
@@ -320,6 +403,9 @@ def worker_afinar(recipe, data_dir: Path) -> dict:
     loop._Loop._step = steps.wrap(loop._Loop._step)
     loop._Loop._checkpoint = checkpoint.wrap(loop._Loop._checkpoint)
     loop._Loop._eval = timed_eval
+    compiled = []
+    decide = runtime.decide_compile
+    runtime.decide_compile = lambda *a, **k: compiled.append(decide(*a, **k)) or compiled[-1]
 
     setup = resolve_setup(recipe)
     call = Clock()
@@ -346,7 +432,9 @@ def worker_afinar(recipe, data_dir: Path) -> dict:
     loop_wall, loop_cpu = epochs_clock.wall - evals.wall, epochs_clock.cpu - evals.cpu
     return {
         "contender": "afinar",
-        "setup": setup.describe() + f", batch {recipe.train.batch_size} x accum {recipe.train.grad_accum}",
+        "setup": setup.describe() + (", compiled layers" if compiled and compiled[0] else "")
+                 + f", batch {recipe.train.batch_size} x accum {recipe.train.grad_accum}",
+        "compiled": bool(compiled and compiled[0]),
         "train_examples": len(train_set), "eval_examples": len(eval_set), "epochs": epochs,
         "optimizer_steps": result.steps, "afinar_tokens": result.tokens,
         "model_load_s": load.wall, "train_call_s": call.wall,
@@ -364,6 +452,18 @@ def worker_afinar(recipe, data_dir: Path) -> dict:
     }
 
 
+def worker_warmup(recipe, data_dir: Path) -> dict:
+    """Two compiled steps of afinar, so that the measured run finds inductor's cache warm, as every
+    run after the first on a machine does; its time is the one-off cost of compiling."""
+    from afinar.training import train
+
+    recipe.train.max_steps, recipe.train.compile = 2, "on"
+    recipe.name = recipe.name + "-warmup"
+    began = time.perf_counter()
+    train(recipe, reuse_data=False, progress=False, log=lambda *a, **k: print(*a, file=sys.stderr, **k))
+    return {"contender": "warmup", "seconds": time.perf_counter() - began}
+
+
 def run_worker(args) -> None:
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # libraries and afinar's log print; stdout carries only the JSON
@@ -373,10 +473,8 @@ def run_worker(args) -> None:
     recipe = validate_recipe(raw, "bench", Path(args.recipe_json).parent)
     data_dir = Path(recipe.train.output_dir) / recipe.name / "data"
     began = time.perf_counter()
-    if args.worker == "seeds":
-        out = worker_seeds(recipe, data_dir)
-    else:
-        out = worker_afinar(recipe, data_dir)
+    workers = {"seeds": worker_seeds, "trl": worker_trl, "afinar": worker_afinar, "warmup": worker_warmup}
+    out = workers[args.worker](recipe, data_dir)
     out["process_s"] = time.perf_counter() - began
     out["torch_threads"] = __import__("torch").get_num_threads()
     real_stdout.write(json.dumps(out) + "\n")
@@ -387,19 +485,9 @@ def run_worker(args) -> None:
 # driver
 
 
-def _busy_seconds() -> float:
-    """CPU seconds spent by every process on the machine so far (from /proc/stat)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def run_contender(kind: str, recipe_json: Path, log_path: Path) -> dict:
     print(f"  running {kind} ...", flush=True)
-    began, busy0 = time.perf_counter(), _busy_seconds()
+    began, busy0 = time.perf_counter(), busy_seconds()
     child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n===== {kind} =====\n")
@@ -409,7 +497,7 @@ def run_contender(kind: str, recipe_json: Path, log_path: Path) -> dict:
     wall = time.perf_counter() - began
     child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     own = (child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)
-    others = max(0.0, _busy_seconds() - busy0 - own)
+    others = max(0.0, busy_seconds() - busy0 - own)
     if proc.returncode != 0:
         tail = "".join(log_path.read_text(encoding="utf-8").splitlines(keepends=True)[-40:])
         raise SystemExit(f"{kind} worker failed (exit {proc.returncode}); last lines of {log_path}:\n{tail}")
@@ -418,18 +506,48 @@ def run_contender(kind: str, recipe_json: Path, log_path: Path) -> dict:
     # share of the machine's CPU capacity used by other processes while this worker ran
     out["other_processes_cpu_share"] = others / (wall * (os.cpu_count() or 1))
     busy = out["other_processes_cpu_share"]
-    print(f"  {kind}: {out['epoch_s']:.1f} s/epoch ({out['epoch_cpu_s']:.1f} CPU s), peak {out['peak_rss_mb']:.0f} MB, "
-          f"eval loss {out['eval_loss_best']:.4f}; worker {wall:.0f} s"
-          + (f"; WARNING: other processes used {100 * busy:.0f}% of the CPUs meanwhile" if busy > 0.1 else ""), flush=True)
+    if kind != "warmup":
+        print(f"  {kind}: {out['epoch_s']:.1f} s/epoch ({out['epoch_cpu_s']:.1f} CPU s), peak {out['peak_rss_mb']:.0f} MB, "
+              f"eval loss {out['eval_loss_best']:.4f}; worker {wall:.0f} s"
+              + (f"; WARNING: other processes used {100 * busy:.0f}% of the CPUs meanwhile" if busy > 0.1 else ""), flush=True)
     return out
 
 
-def bench_dataset(name: str, args, workdir: Path) -> dict:
+CONTENDERS = (("seeds", "seeds' recipe"), ("trl", "TRL SFTTrainer"), ("afinar", "afinar"))
+
+
+def model_shape(recipe) -> dict:
+    """Parameters (the tied embedding counted once, as the output layer), layers and width."""
+    import torch
+
+    from afinar.training.lora import load_base
+
+    model = load_base(recipe, torch.bfloat16, "cpu")
+    c = model.config
+    shape = {"params": sum(p.numel() for p in model.parameters()), "layers": c.num_hidden_layers,
+             "attention_width": c.num_attention_heads * getattr(c, "head_dim", c.hidden_size // c.num_attention_heads)}
+    del model
+    return shape
+
+
+def nominal_flops(lengths: list[int], shape: dict) -> float:
+    """FLOPs of one LoRA training epoch over examples of these lengths, counted the usual way:
+    4N per token (forward 2N, backward through the frozen weights 2N; the adapters' own are
+    negligible) plus causal attention, 2 L^2 x width per layer forward and twice that backward."""
+    dense = 4 * shape["params"] * sum(lengths)
+    attention = 3 * 2 * shape["layers"] * shape["attention_width"] * sum(n * n for n in lengths)
+    return float(dense + attention)
+
+
+def bench_dataset(name: str, args, workdir: Path, peak_gflops: float) -> dict | None:
     from afinar.data import prepare_data
     from afinar.models import load_tokenizer
     from afinar.recipe import validate_recipe
 
-    rows = faq_rows(args.examples) if name == "faq" else demo_rows(args.examples)
+    rows = dataset_rows(name, args.examples)
+    if rows is None:
+        print(f"{name}: skipped ({ALPACA_FILE} is absent)", flush=True)
+        return None
     data_file = workdir / f"{name}.jsonl"
     data_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     raw = recipe_dict(f"bench-{name}", data_file, workdir / "runs", args)
@@ -440,95 +558,75 @@ def bench_dataset(name: str, args, workdir: Path) -> dict:
     train_enc = encode_rows(tokenizer, recipe, prepared.train_path)
     eval_enc = encode_rows(tokenizer, recipe, prepared.eval_path)
     lengths = [len(e.input_ids) for e in train_enc]
+    flops = nominal_flops(lengths, model_shape(recipe))
     print(f"{name}: {len(train_enc)} train / {len(eval_enc)} eval examples, {sum(lengths)} tokens per epoch "
           f"(mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}), {args.epochs} epoch(s)", flush=True)
     recipe_json = workdir / f"{name}.recipe.json"
     recipe_json.write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
-    log_path = workdir / "workers.log"
-    seeds = run_contender("seeds", recipe_json, log_path)
-    afinar = run_contender("afinar", recipe_json, log_path)
-    for r in (seeds, afinar):
-        r["useful_tokens_per_epoch"] = sum(lengths)
-        r["useful_tokens_per_s"] = sum(lengths) / r["epoch_s"]
-        r["useful_tokens_per_s_steps"] = sum(lengths) / r["epoch_steps_s"]
-    ratio = seeds["epoch_s"] / afinar["epoch_s"]
-    ratio_steps = seeds["epoch_steps_s"] / afinar["epoch_steps_s"]
-    ratio_cpu = seeds["epoch_cpu_s"] / afinar["epoch_cpu_s"]
-    loss_ok = afinar["eval_loss_best"] <= seeds["eval_loss_best"]
-    memory_ok = afinar["peak_rss_mb"] < TARGET_PEAK_MB
-    return {
-        "dataset": name, "examples": args.examples, "train_examples": len(train_enc), "eval_examples": len(eval_enc),
-        "epochs": args.epochs, "tokens_per_epoch": sum(lengths), "mean_tokens": sum(lengths) / len(lengths),
-        "max_tokens": max(lengths),
-        "seeds": seeds, "afinar": afinar,
-        "speedup_epoch": ratio, "speedup_steps": ratio_steps, "speedup_epoch_cpu_time": ratio_cpu,
-        "eval_loss_ok": loss_ok, "memory_ok": memory_ok,
-        "target_met": ratio >= TARGET_SPEEDUP and loss_ok and memory_ok,
-    }
+    out = {"dataset": name, "examples": args.examples, "train_examples": len(train_enc), "eval_examples": len(eval_enc),
+           "epochs": args.epochs, "tokens_per_epoch": sum(lengths), "mean_tokens": sum(lengths) / len(lengths),
+           "max_tokens": max(lengths), "nominal_flops_per_epoch": flops}
+    for kind, _ in CONTENDERS:
+        if kind in args.skip:
+            continue
+        c = out[kind] = run_contender(kind, recipe_json, workdir / "workers.log")
+        c["useful_tokens_per_s"] = sum(lengths) / c["epoch_s"]
+        c["useful_tokens_per_s_steps"] = sum(lengths) / c["epoch_steps_s"]
+        c["gflops"] = flops / c["epoch_s"] / 1e9
+        c["share_of_matmul_peak"] = c["gflops"] / peak_gflops
+    a = out.get("afinar")
+    for rival in ("seeds", "trl"):
+        if a and rival in out:
+            r = out[rival]
+            out[f"speedup_vs_{rival}"] = r["epoch_s"] / a["epoch_s"]
+            out[f"speedup_vs_{rival}_cpu_time"] = r["epoch_cpu_s"] / a["epoch_cpu_s"]
+            out[f"eval_loss_ok_vs_{rival}"] = a["eval_loss_best"] <= r["eval_loss_best"] * (1 + LOSS_TOLERANCE)
+    return out
 
 
-def machine_info() -> dict:
-    import accelerate
-    import peft
-    import torch
-    import transformers
-
-    from afinar.training.runtime import cpu_supports_bf16
-
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_gb = round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    return {
-        "cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "cpu_bf16": cpu_supports_bf16(), "ram_gb": mem_gb, "gpu": torch.cuda.is_available(),
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "peft": peft.__version__, "accelerate": accelerate.__version__,
-        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
+def verdicts(r: dict) -> list[tuple[str, bool]]:
+    """(target, met) for one dataset; the targets are set for FAQ-style data."""
+    out = []
+    for rival, target in (("seeds", TARGET_VS_SEEDS), ("trl", TARGET_VS_TRL)):
+        if f"speedup_vs_{rival}" in r:
+            out.append((f">= {target:g}x faster than {dict(CONTENDERS)[rival]} ({r[f'speedup_vs_{rival}']:.1f}x)",
+                        r[f"speedup_vs_{rival}"] >= target))
+            out.append((f"eval loss <= {dict(CONTENDERS)[rival]}'s", r[f"eval_loss_ok_vs_{rival}"]))
+    if "afinar" in r:
+        share = r["afinar"]["share_of_matmul_peak"]
+        out.append((f">= {TARGET_SHARE:.0%} of the bf16 matmul peak ({share:.0%})", share >= TARGET_SHARE))
+    return out
 
 
-def markdown(results: list[dict]) -> str:
+def markdown(results: list[dict], peak: dict) -> str:
     lines = [
-        "| dataset | contender | s / epoch | CPU s / epoch | s / epoch, steps only | useful tok/s | peak RSS | eval loss (answers, fp32) | steps | other load |",
+        "| dataset | contender | s / epoch | CPU s / epoch | useful tok/s | GFLOP/s (share of bf16 peak) | peak RSS | eval loss (answers) | steps | other load |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        for key, label in (("seeds", "seeds' recipe"), ("afinar", "afinar")):
+        for key, label in CONTENDERS:
+            if key not in r:
+                continue
             c = r[key]
-            lines.append(f"| {r['dataset']} ({r['train_examples']} train / {r['eval_examples']} eval, {r['epochs']} ep) | {label} | "
-                         f"{c['epoch_s']:.1f} | {c['epoch_cpu_s']:.1f} | {c['epoch_steps_s']:.1f} | {c['useful_tokens_per_s']:.0f} | "
-                         f"{c['peak_rss_mb'] / 1024:.2f} GB | {c['eval_loss_best']:.4f} | {c['optimizer_steps']} | "
-                         f"{100 * c['other_processes_cpu_share']:.0f}% |")
-    lines.append("")
+            lines.append(f"| {r['dataset']} ({r['train_examples']} train / {r['eval_examples']} eval, mean {r['mean_tokens']:.0f} tokens, "
+                         f"{r['epochs']} ep) | {label} | {c['epoch_s']:.1f} | {c['epoch_cpu_s']:.1f} | {c['useful_tokens_per_s']:.0f} | "
+                         f"{c['gflops']:.0f} ({c['share_of_matmul_peak']:.0%}) | {c['peak_rss_mb'] / 1024:.2f} GB | "
+                         f"{c['eval_loss_best']:.4f} | {c['optimizer_steps']} | {100 * c['other_processes_cpu_share']:.0f}% |")
+    lines += ["", f"bf16 matmul peak measured here: {peak['bf16']['peak_gflops']:.0f} GFLOP/s "
+              f"(fp32: {peak['fp32']['peak_gflops']:.0f}) with {peak['threads']} threads (bench/machine.py).", ""]
     for r in results:
-        a = r["afinar"]
-        verdict = "met" if r["target_met"] else "NOT met"
-        lines.append(f"- {r['dataset']}: afinar is {r['speedup_epoch']:.1f}x faster per epoch in wall time "
-                     f"({r['speedup_epoch_cpu_time']:.1f}x in CPU time, {r['speedup_steps']:.1f}x counting optimizer steps only); "
-                     f"eval loss {a['eval_loss_best']:.4f} vs {r['seeds']['eval_loss_best']:.4f} (base model {a['eval_loss_base_model']:.4f}); "
-                     f"afinar peak {a['peak_rss_mb'] / 1024:.2f} GB. "
-                     f"Target (>= {TARGET_SPEEDUP:.0f}x, eval loss <= seeds', peak < 3 GB): {verdict}.")
-    lines.append("")
-    lines.append("Other load: share of the machine's CPUs used by other processes while the contender ran "
-                 "(wall-time figures are unreliable when it is high; CPU time is less affected).")
+        checks = verdicts(r)
+        kind = "targets" if r["dataset"] == "faq" else "for reference (targets are for FAQ data)"
+        lines.append(f"- {r['dataset']}, {kind}: " + "; ".join(f"{text}: {'met' if ok else 'NOT met'}" for text, ok in checks) + ".")
+    lines += ["", "Other load: share of the machine's CPUs used by other processes while the contender ran "
+              "(wall-time figures are unreliable when it is high; CPU time is less affected)."]
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=["faq", "demo", "both"], default="both")
+    p.add_argument("--dataset", nargs="+", choices=["faq", "demo", "alpaca"], default=["faq", "demo", "alpaca"])
+    p.add_argument("--skip", nargs="*", default=[], choices=[k for k, _ in CONTENDERS], help="contenders not to run")
     p.add_argument("--examples", type=int, default=40, help="records per dataset before the train/eval split (default 40)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--eval-fraction", type=float, default=0.2, help="share held out for the eval loss (default 0.2)")
@@ -536,7 +634,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("--keep", action="store_true", help="keep the temporary work folder (runs, logs)")
-    p.add_argument("--worker", choices=["seeds", "afinar"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["seeds", "trl", "afinar", "warmup"], help=argparse.SUPPRESS)
     p.add_argument("--recipe-json", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -550,18 +648,21 @@ def main(argv=None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="afinar-bench-"))
     began = time.perf_counter()
     print(f"afinar training speed bench -> {args.out} (work folder {workdir})", flush=True)
+    peak = matmul_peak()
+    print(f"bf16 matmul peak: {peak['bf16']['peak_gflops']:.0f} GFLOP/s", flush=True)
     try:
-        datasets = ["faq", "demo"] if args.dataset == "both" else [args.dataset]
-        results = [bench_dataset(name, args, workdir) for name in datasets]
+        results = [r for name in args.dataset if (r := bench_dataset(name, args, workdir, peak["bf16"]["peak_gflops"]))]
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    table = markdown(results)
+    table = markdown(results, peak)
     report = {
-        "command": command, "python": sys.executable, "machine": machine_info(),
+        "command": command, "python": sys.executable, "machine": machine_info(), "matmul": peak,
         "settings": {"dataset": args.dataset, "examples": args.examples, "epochs": args.epochs,
                      "eval_fraction": args.eval_fraction, "learning_rate": args.lr, "seed": args.seed},
-        "target": {"speedup_per_epoch": TARGET_SPEEDUP, "eval_loss": "afinar <= seeds'", "peak_rss_mb": TARGET_PEAK_MB},
+        "targets": {"vs_seeds": TARGET_VS_SEEDS, "vs_trl": TARGET_VS_TRL, "share_of_bf16_peak": TARGET_SHARE,
+                    "eval_loss": f"afinar <= each rival's (within {LOSS_TOLERANCE:.1%})", "trl_settings": TRL_SETTINGS,
+                    "trl_settings_text": ", ".join(f"{k}={v}" for k, v in TRL_SETTINGS.items())},
         "results": results, "markdown": table, "bench_seconds": round(time.perf_counter() - began, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

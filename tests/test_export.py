@@ -80,6 +80,14 @@ def test_gguf_round_trip(run_dir, tmp_path, qtype, matrix_type):
         assert "on 3/3 prompts" in record["gguf_check"] and "agreement 100.0%" in record["gguf_check"]
 
 
+def test_a_second_gguf_type_keeps_the_first(run_dir, tmp_path):
+    """`--engine llamacpp` and users keep f16 and q8_0 side by side in RUN/export/gguf/."""
+    first = export_run(run_dir, "gguf", tmp_path / "g", qtype="f16", log=lambda *a: None).path
+    second = export_run(run_dir, "gguf", tmp_path / "g", qtype="q8_0", log=lambda *a: None).path
+    assert first.exists() and second.exists() and first.parent == second.parent
+    assert first.stat().st_size > second.stat().st_size
+
+
 def test_gguf_refuses_other_architectures(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 

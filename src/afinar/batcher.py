@@ -42,7 +42,8 @@ class Request:
     def key(self) -> tuple:
         """Requests with equal keys can share a batch."""
         s = self.settings
-        return (self.adapter, id(self.tokenizer), s["do_sample"], s["temperature"], s["top_p"], s["repetition_penalty"])
+        return (self.adapter, id(self.tokenizer), s["do_sample"], s["temperature"], s["top_p"], s["repetition_penalty"],
+                s.get("min_new_tokens"))
 
 
 class Batcher:

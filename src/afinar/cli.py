@@ -149,16 +149,19 @@ def _print_train_result(result) -> None:
     click.echo(f"adapter: {result.adapter_dir}\nloss curve: {result.run_dir / 'loss.png'}")
 
 
+_ENGINE_HELP = "'torch': transformers with the adapters on one base; 'llamacpp': llama.cpp over each run's GGUF (fastest one reply at a time on a CPU; needs llama-cpp-python)."
+
 @main.command("chat")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--interview", is_flag=True, help="Run the recipe's guided interview, then answer it.")
 @click.option("--mode", type=click.Choice(["off", "refuse", "strict"]), default=None, help="Guard mode (default: the recipe's).")
-def chat_cmd(runs, interview, mode):
+@click.option("--engine", "backend", type=click.Choice(["torch", "llamacpp"]), default="torch", show_default=True, help=_ENGINE_HELP)
+def chat_cmd(runs, interview, mode, backend):
     """Chat in the terminal with one or more trained runs (one base, several adapters)."""
     from afinar.chat import run_chat, run_interview
     from afinar.engine import Engine
 
-    engine = Engine(list(runs), mode)
+    engine = Engine(list(runs), mode, backend=backend)
     write = lambda text: click.echo(text, nl=False)
     note = lambda text: click.secho(text, fg="yellow", err=True)
     read = lambda: input("> ")
@@ -174,11 +177,12 @@ def chat_cmd(runs, interview, mode):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per answer.")
 @click.option("--mode", type=click.Choice(["off", "refuse", "strict"]), default=None, help="Guard mode (default: the recipe's).")
 @click.option("--max-new-tokens", type=int, default=None, help="Longest answer (default: the recipe's).")
-def ask_cmd(run, question, as_json, mode, max_new_tokens):
+@click.option("--engine", "backend", type=click.Choice(["torch", "llamacpp"]), default="torch", show_default=True, help=_ENGINE_HELP)
+def ask_cmd(run, question, as_json, mode, max_new_tokens, backend):
     """Answer one question (or one per line of stdin when none is given)."""
     from afinar.engine import Engine
 
-    engine = Engine([run], mode)
+    engine = Engine([run], mode, backend=backend, log=lambda text: click.echo(text, err=True))
     questions = [question] if question else [line.strip() for line in sys.stdin if line.strip()]
     for q in questions:
         reply = engine.reply([{"role": "user", "content": q}], max_new_tokens=max_new_tokens)
@@ -221,7 +225,8 @@ def eval_cmd(run, probe, against, endpoint, endpoint_model, max_new_tokens, limi
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True, help="Replies generated together when clients ask at once (1: one at a time).")
 @click.option("--studio/--no-studio", default=True, show_default=True, help="Offer the studio (upload, check, train, evaluate) on the web page.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("studio"), show_default=True, help="Where the studio keeps uploads, recipes and runs.")
-@click.option("--engine", "backend", type=click.Choice(["afinar", "vllm"]), default="afinar", show_default=True, help="'vllm': print (or start, when vllm is installed) the vllm serve command for GPUs.")
+@click.option("--engine", "backend", type=click.Choice(["torch", "llamacpp", "vllm"]), default="torch", show_default=True,
+              help="'torch': one base, every adapter, concurrent replies batched; 'llamacpp': llama.cpp over each run's GGUF, one reply at a time; 'vllm': print (or start, when vllm is installed) the vllm serve command for GPUs.")
 def serve_cmd(runs, host, port, api_key, mode, max_queue, max_batch, studio, workdir, backend):
     """Serve runs over an OpenAI-compatible API, with a web chat and studio at /."""
     import os
@@ -236,7 +241,7 @@ def serve_cmd(runs, host, port, api_key, mode, max_queue, max_batch, studio, wor
     from afinar.serving.api import ServeLimits, create_app
     from afinar.serving.studio import Studio
 
-    engine = Engine(list(runs), mode, max_batch)
+    engine = Engine(list(runs), mode, max_batch, backend=backend)
     base = engine.persona(engine.names[0]).recipe.base_model
     app = create_app(engine, api_key, ServeLimits(max_queue=max_queue), Studio(workdir, base) if studio else None)
     click.echo(f"afinar serve: {', '.join(engine.names)} on http://{host}:{port}/ (API: /v1/chat/completions)"

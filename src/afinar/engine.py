@@ -10,7 +10,9 @@ guard to the last user message first:
              free text.
 `engine.stream(...)` yields the reply as it is generated (the guard's decision comes first).
 Generation is greedy by default, uses the KV cache and stops at the template's end of turn;
-concurrent replies (the API's clients) are generated in one batch by `batcher.Batcher`.
+concurrent replies (the API's clients) are generated in one batch by `batcher.Batcher`. With
+`backend="llamacpp"` llama.cpp generates instead, over each run's GGUF (`llamacpp.py`): fastest
+for one reply at a time on a CPU; the guard, template and decoding settings stay the same.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from afinar.errors import AfinarError
+
+
+BACKENDS = ("torch", "llamacpp")
 
 
 @dataclass
@@ -54,21 +59,33 @@ class Engine:
     """Base model + adapters + guards; thread-safe: replies asked at the same time are generated
     together in one batch (`batcher.py`), each still streamed to its own caller."""
 
-    def __init__(self, run_dirs: list[str | Path], mode: str | None = None, max_batch: int = 16):
-        from peft import PeftModel
-
-        from afinar.generation import load_run
+    def __init__(self, run_dirs: list[str | Path], mode: str | None = None, max_batch: int = 16, backend: str = "torch",
+                 log=print):
+        """`backend`: 'torch' (the base model once, every adapter on it, concurrent replies batched)
+        or 'llamacpp' (each run exported to GGUF with its adapter merged; fastest one at a time)."""
+        from afinar.generation import load_run, read_run
 
         if not run_dirs:
             raise AfinarError("name at least one run folder (runs/<name>)")
-        first = load_run(run_dirs[0])
-        self.model: PeftModel = first.model
+        if backend not in BACKENDS:
+            raise AfinarError(f"engine {backend!r}: choose one of {', '.join(BACKENDS)}")
+        self.backend, self._log = backend, log
         self.personas: dict[str, _Persona] = {}
         self._adapter_names: dict[str, str] = {}  # persona -> peft adapter name
-        from afinar.batcher import Batcher
+        self._llama: dict[str, object] = {}  # persona -> LlamaCppGenerator
+        self.lock = threading.Lock()  # held while adapters are added
+        if backend == "torch":
+            from afinar.batcher import Batcher
 
-        self._batcher = Batcher(self.model, max_batch)
-        self._add(first.run_dir, first.recipe, first.tokenizer, mode, adapter_name="default")
+            first = load_run(run_dirs[0])
+            self.model = first.model
+            self._batcher = Batcher(self.model, max_batch)
+            self.lock = self._batcher.lock  # ... and while the model generates
+            self._add(first.run_dir, first.recipe, first.tokenizer, mode, adapter_name="default")
+        else:
+            self.model, self._batcher = None, None
+            recipe, tokenizer, _ = read_run(run_dirs[0])
+            self._add(Path(run_dirs[0]), recipe, tokenizer, mode, adapter_name="default")
         for run_dir in run_dirs[1:]:
             self._load_more(Path(run_dir), mode)
         self.current = next(iter(self.personas))
@@ -83,6 +100,10 @@ class Engine:
         if chosen != "off" and not recipe.refusal:
             raise AfinarError(f"{run_dir}: guard mode {chosen!r} needs the recipe's `refusal` message")
         guard = load_run_guard(run_dir, threshold=recipe.guard.threshold) if chosen != "off" else None
+        if self.backend == "llamacpp":
+            from afinar.llamacpp import LlamaCppGenerator
+
+            self._llama[name] = LlamaCppGenerator(run_dir, recipe, log=self._log)
         self.personas[name] = _Persona(name, run_dir, recipe, tokenizer, guard)
         self.personas[name].recipe.guard.mode = chosen
         self._adapter_names[name] = adapter_name
@@ -95,12 +116,13 @@ class Engine:
         if recipe.base_model != base:
             raise AfinarError(f"{run_dir}: trained on {recipe.base_model!r}, but the loaded base is {base!r}; "
                               "adapters served together must share one base model")
-        self.model.load_adapter(str(adapter), adapter_name=recipe.name)
+        if self.model is not None:
+            self.model.load_adapter(str(adapter), adapter_name=recipe.name)
         self._add(run_dir, recipe, tokenizer, mode, adapter_name=recipe.name)
 
     def add_run(self, run_dir: str | Path) -> str:
         """Load one more run's adapter on the shared base (the studio's freshly trained run)."""
-        with self._batcher.lock:  # not while replies are being generated
+        with self.lock:  # not while replies are being generated
             self._load_more(Path(run_dir), None)
         return list(self.personas)[-1]
 
@@ -117,6 +139,8 @@ class Engine:
     @property
     def context_length(self) -> int:
         """The longest prompt plus reply the base model takes, in tokens."""
+        if self.model is None:
+            return min(g.context_length for g in self._llama.values())
         config = self.model.get_base_model().config
         return int(getattr(config, "max_position_embeddings", 0) or 2048)
 
@@ -155,11 +179,12 @@ class Engine:
 
     def stream(self, messages: list[dict[str, str]], adapter: str | None = None, max_new_tokens: int | None = None,
                cancel: threading.Event | None = None, temperature: float | None = None,
-               top_p: float | None = None) -> Iterator[str | Reply]:
+               top_p: float | None = None, min_new_tokens: int | None = None) -> Iterator[str | Reply]:
         """Yield text chunks as they are generated, then the final `Reply`.
 
         `cancel` stops generation at the next token when set (a client that went away frees the
-        model); `temperature` and `top_p` override the recipe's decoding for this reply.
+        model); `temperature` and `top_p` override the recipe's decoding for this reply;
+        `min_new_tokens` holds back the end of turn until that many tokens (for benchmarks).
         """
         p = self.persona(adapter)
         decided = self.decide(messages, p.name)
@@ -169,21 +194,27 @@ class Engine:
             return
         gen = p.recipe.generation.model_copy(update={k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
         text, counts = [], {}
-        for chunk in self._generate(p, messages, max_new_tokens, gen, cancel, counts):
+        for chunk in self._generate(p, messages, max_new_tokens, gen, cancel, counts, min_new_tokens):
             text.append(chunk)
             yield chunk
         yield Reply("".join(text).strip(), False, p.recipe.guard.mode, p.name, tokens=counts.get("new", 0),
                     prompt_tokens=counts.get("prompt", 0), truncated=counts.get("truncated", False))
 
-    def _generate(self, p: _Persona, messages, max_new_tokens: int | None, gen, cancel, counts: dict) -> Iterator[str]:
+    def _generate(self, p: _Persona, messages, max_new_tokens: int | None, gen, cancel, counts: dict,
+                  min_new_tokens: int | None = None) -> Iterator[str]:
         """Text chunks of one reply, generated in a batch with any other replies asked meanwhile."""
         from afinar.batcher import DONE, Request
         from afinar.chat_template import render_prompt, with_system
         from afinar.generation import generation_settings
 
         prompt = render_prompt(p.tokenizer, with_system(messages, p.recipe.system_prompt))
-        request = self._batcher.submit(Request(self._adapter_names[p.name], p.tokenizer, prompt,
-                                               generation_settings(p.tokenizer, gen, max_new_tokens), cancel))
+        settings = generation_settings(p.tokenizer, gen, max_new_tokens)
+        if min_new_tokens:
+            settings["min_new_tokens"] = min_new_tokens
+        if self.backend == "llamacpp":
+            yield from self._llama[p.name].stream(p.tokenizer, prompt, settings, cancel, counts)
+            return
+        request = self._batcher.submit(Request(self._adapter_names[p.name], p.tokenizer, prompt, settings, cancel))
         while (chunk := request.out.get()) is not DONE:
             yield chunk
         if request.error is not None:

@@ -61,13 +61,14 @@ class TrainConfig(_Section):
     packing: Literal["auto", "on", "off"] = Field("auto", description="Pack several examples per row instead of padding; 'auto' uses what the benchmark measured faster on the device.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="'auto': bf16 autocast where the device supports it, else fp32.")
     gradient_checkpointing: Literal["auto", "on", "off"] = Field("auto", description="'auto' turns it on only when the memory estimate requires it.")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="Compile the decoder layers (torch.compile; ~1.35x faster steps on CPU, measured). 'auto': on a CPU, for runs long enough to repay it (100k training tokens; 20k once the compile cache is warm).")
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: at the end of each epoch).")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: at the end of each epoch).")
     seed: int = Field(42, description="Seed for weights, order and dropout.")
     output_dir: str = Field("runs", description="Runs are written to <output_dir>/<name>/ (relative to the working folder).")
     tensorboard: bool = Field(False, description="Also log to TensorBoard (needs the tensorboard package).")
 
-    @field_validator("packing", "gradient_checkpointing", mode="before")
+    @field_validator("packing", "gradient_checkpointing", "compile", mode="before")
     @classmethod
     def _yaml_on_off(cls, value):
         """YAML reads a bare on/off/yes/no as a boolean; accept it as the word it was."""

@@ -80,12 +80,26 @@ def _gguf(run_dir: Path, out: Path, qtype: str, ollama: bool, log) -> ExportResu
 
         with atomic_dir(out) as folder:
             gguf_file.replace(folder / name)
+            if not ollama:  # GGUFs of other types exported before stay beside this one
+                for other in out.glob("*.gguf"):
+                    if other.name != name:
+                        _link_or_copy(other, folder / other.name)
             record = {"kind": "ollama" if ollama else "gguf", "type": qtype, "run": str(run_dir),
                       "merge_check": merge_check.describe(), "gguf_check": check.describe(), "llama_cpp_check": llama_cpp}
             if ollama:
                 (folder / "Modelfile").write_text(modelfile_text, encoding="utf-8")
             (folder / "export.json").write_text(json.dumps(record, indent=2) + "\n")
     return ExportResult("ollama" if ollama else "gguf", out / ("Modelfile" if ollama else name), checks)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    import os
+    import shutil
+
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _hub(run_dir: Path, out: Path, repo: str | None, dry_run: bool, merged_weights: bool, log) -> ExportResult:

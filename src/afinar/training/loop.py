@@ -113,7 +113,8 @@ def train(recipe: Recipe, *, resume: bool = False, reuse_data: bool = False, pro
         preflight(recipe, run_dir, resume)
     accelerator.wait_for_everyone()
     tokenizer, train_set, eval_set = _data(recipe, run_dir, accelerator, resume or reuse_data, log if main else _quiet)
-    model = _model(recipe, setup, accelerator.device, log if main else _quiet)
+    train_tokens = int(recipe.train.epochs * sum(len(e.input_ids) for e in train_set))
+    model = _model(recipe, setup, accelerator.device, train_tokens, log if main else _quiet)
     loop = _Loop(recipe, setup, run_dir, accelerator, model, tokenizer, train_set, eval_set, progress, log)
     return loop.run(resume)
 
@@ -140,12 +141,20 @@ def _data(recipe, run_dir, accelerator, reuse: bool, log):
     return tokenizer, train_set, eval_set
 
 
-def _model(recipe, setup: TrainSetup, device, log):
+def _model(recipe, setup: TrainSetup, device, train_tokens: int, log):
+    from afinar.training.compiled import compile_layers, inductor_cache
     from afinar.training.lora import attach_lora, load_base
+    from afinar.training.runtime import decide_compile
 
     torch.manual_seed(recipe.train.seed)
     base = load_base(recipe, setup.weights_dtype, device)
+    if setup.device == "cpu":  # measured ~1.2x faster than SDPA's CPU kernels for training steps
+        base.set_attn_implementation("eager")
     model = attach_lora(base, recipe, setup.gradient_checkpointing, log)
+    setup.compile = decide_compile(recipe, setup, model, train_tokens)
+    if setup.compile and compile_layers(model):
+        log(f"compiling the decoder layers at the first steps (cached in {inductor_cache()}; "
+            "the first time on a machine takes about a minute)")
     trainable, total = model.get_nb_trainable_parameters()
     log(f"model: {recipe.base_model} ({total / 1e6:.0f}M parameters, {setup.describe()}); "
         f"LoRA r={recipe.lora.r} trains {trainable / 1e6:.2f}M ({100 * trainable / total:.2f}%)")
@@ -252,6 +261,10 @@ class _Loop:
                "loss": round(loss, 5), "lr": lr, "tokens": s["tokens"],
                "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
         self._log_metrics(row)
+        if s["step"] == 1 and self.setup.compile:  # the compiled graphs now sit in the cache
+            from afinar.training.compiled import mark_warm
+
+            mark_warm(self.peft_model)
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{s['tokens'] / max(s['seconds'], 1e-9):.0f}")
         bar.update(1)
 

@@ -32,6 +32,7 @@ class TrainSetup:
     packing: bool
     gradient_checkpointing: bool
     micro_batch_tokens: int
+    compile: bool = False  # decided once the data and the model are loaded (`decide_compile`)
 
     @property
     def mixed_precision(self) -> str:
@@ -43,7 +44,8 @@ class TrainSetup:
 
     def describe(self) -> str:
         return (f"{self.device}, {self.precision}, {'packing' if self.packing else f'length-grouped padding, micro-batches of <={self.micro_batch_tokens} tokens'}"
-                f"{', gradient checkpointing' if self.gradient_checkpointing else ''}")
+                f"{', gradient checkpointing' if self.gradient_checkpointing else ''}"
+                f"{', eager attention' if self.device == 'cpu' else ''}{', compiled layers' if self.compile else ''}")
 
 
 def cpu_supports_bf16() -> bool:
@@ -77,6 +79,28 @@ def resolve_setup(recipe: Recipe) -> TrainSetup:
 
 
 CPU_MICRO_BATCH_TOKENS = 1024  # measured: CPU tokens/s is flat above ~1k tokens, memory is not
+
+
+def decide_compile(recipe: Recipe, setup: TrainSetup, model, train_tokens: int) -> bool:
+    """`train.compile`: 'auto' compiles on a CPU when the run is long enough to repay a cold
+    compilation or the cache is warm for this model; 'on' insists (and says why it cannot)."""
+    from afinar.training.compiled import COLD_COMPILE_MIN_TOKENS, WARM_COMPILE_MIN_TOKENS, cache_is_warm, compiler_available
+
+    choice = recipe.train.compile
+    if choice == "off":
+        return False
+    blockers = [why for why, blocked in (
+        ("the base is 4-bit (quantization: nf4)", recipe.quantization == "nf4"),
+        ("gradient checkpointing is on", setup.gradient_checkpointing),
+        ("no C++ compiler was found (install g++)", not compiler_available()),
+    ) if blocked]
+    if choice == "on":
+        if blockers:
+            raise AfinarError(f"train.compile: on, but {'; '.join(blockers)}. Set train.compile to auto or off")
+        return True
+    if blockers or setup.device != "cpu":  # not measured on a GPU: auto leaves it off there
+        return False
+    return train_tokens >= COLD_COMPILE_MIN_TOKENS or (train_tokens >= WARM_COMPILE_MIN_TOKENS and cache_is_warm(model))
 
 
 def _auto_micro_batch_tokens(recipe: Recipe, device: str, checkpointing: bool) -> int:

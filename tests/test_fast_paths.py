@@ -1,0 +1,173 @@
+"""The speed paths: compiled decoder layers for training, llama.cpp as the engine's generator."""
+
+import threading
+
+import pytest
+import torch
+from conftest import build_tiny_model
+from test_runtime import runs  # noqa: F401 (fixture: two tiny trained runs)
+from test_train import tiny_recipe
+
+from afinar.engine import Engine
+from afinar.errors import AfinarError
+from afinar.llamacpp import LlamaCppGenerator
+from afinar.training import compiled
+from afinar.training.runtime import decide_compile, resolve_setup
+
+
+def _lora_model(tmp_path, tiny_model_dir, *overrides):
+    from afinar.training.lora import attach_lora, load_base
+
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, *overrides)
+    return recipe, attach_lora(load_base(recipe, torch.float32, "cpu"), recipe, False, log=lambda *a: None)
+
+
+def test_compile_auto_waits_for_a_run_long_enough_to_repay_it(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(compiled, "compiler_available", lambda: True)
+    recipe, model = _lora_model(tmp_path, tiny_model_dir)
+    setup = resolve_setup(recipe)
+    assert not decide_compile(recipe, setup, model, train_tokens=compiled.WARM_COMPILE_MIN_TOKENS)  # cold cache
+    assert decide_compile(recipe, setup, model, train_tokens=compiled.COLD_COMPILE_MIN_TOKENS)
+    compiled.mark_warm(model)  # a compiled run has filled the cache for this model
+    assert compiled.cache_is_warm(model)
+    assert decide_compile(recipe, setup, model, train_tokens=compiled.WARM_COMPILE_MIN_TOKENS)
+    assert not decide_compile(recipe, setup, model, train_tokens=compiled.WARM_COMPILE_MIN_TOKENS - 1)
+    other = build_tiny_model(model.config.vocab_size, hidden=32)  # another shape: its own stamp
+    assert not compiled.cache_is_warm(other)
+
+
+def test_compile_settings_say_why_not(tmp_path, tiny_model_dir, monkeypatch):
+    recipe, model = _lora_model(tmp_path, tiny_model_dir, "train.compile=off")
+    assert not decide_compile(recipe, resolve_setup(recipe), model, train_tokens=10**9)
+    monkeypatch.setattr(compiled, "compiler_available", lambda: False)
+    recipe, model = _lora_model(tmp_path, tiny_model_dir, "train.compile=on")
+    with pytest.raises(AfinarError, match="train.compile: on, but no C\\+\\+ compiler was found"):
+        decide_compile(recipe, resolve_setup(recipe), model, train_tokens=10)
+    recipe, model = _lora_model(tmp_path, tiny_model_dir)
+    assert not decide_compile(recipe, resolve_setup(recipe), model, train_tokens=10**9)  # auto: quietly eager
+
+
+@pytest.mark.skipif(not compiled.compiler_available(), reason="inductor needs a C++ compiler (g++)")
+def test_compiled_layers_compute_the_same_loss_and_gradients(tmp_path, tiny_model_dir):
+    from afinar.training.loss import AnswerOnlyLM
+
+    recipe, eager = _lora_model(tmp_path, tiny_model_dir, "lora.dropout=0")
+    _, fast = _lora_model(tmp_path, tiny_model_dir, "lora.dropout=0")
+    fast.load_state_dict(eager.state_dict())
+    assert compiled.compile_layers(fast) == len(compiled.decoder_layers(eager))
+    assert compiled.inductor_cache().is_relative_to(tmp_path)  # the isolated test home, not the user's cache
+    for length in (7, 12):  # dynamic shapes: one graph for every length
+        ids = torch.randint(3, 300, (2, length))
+        labels = ids.clone()
+        labels[:, : length // 2] = -100
+        losses = []
+        for model in (eager, fast):
+            model.zero_grad()
+            loss = AnswerOnlyLM(model)(input_ids=ids, labels=labels)
+            loss.backward()
+            grad = next(p.grad for n, p in model.named_parameters() if "lora_B" in n)
+            losses.append((loss.detach(), grad.clone()))
+        assert torch.allclose(losses[0][0], losses[1][0], rtol=1e-4), (losses[0][0], losses[1][0])
+        assert torch.allclose(losses[0][1], losses[1][1], rtol=1e-3, atol=1e-6)
+
+
+def test_training_runs_with_compile_on(tmp_path, tiny_model_dir):
+    from afinar.training import train
+
+    if not compiled.compiler_available():
+        pytest.skip("inductor needs a C++ compiler (g++)")
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, "train.compile=on", "train.max_steps=2")
+    result = train(recipe, progress=False, log=lambda *a, **k: None)
+    assert result.steps == 2 and result.final_train_loss == result.final_train_loss  # finite, not NaN
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    from peft import PeftModel  # the saved adapter carries no compile wrappers in its keys
+
+    from afinar.training.lora import load_base
+
+    PeftModel.from_pretrained(load_base(recipe, torch.float32, "cpu"), str(result.adapter_dir))
+
+
+class _FakeLlama:
+    """Stands in for llama_cpp.Llama: proposes `script` token by token, unless a logits processor
+    forbids a token (then the next allowed one in `fallback`)."""
+
+    def __init__(self, script, fallback=7):
+        self.script, self.fallback, self.calls = script, fallback, []
+
+    def generate(self, ids, reset=True, logits_processor=None, **options):
+        self.calls.append({"ids": list(ids), **options})
+        for token in self.script:
+            logits = [0.0] * 10
+            logits[token] = 1.0
+            for proc in logits_processor or []:
+                logits = proc(None, logits)
+            yield token if logits[token] > float("-inf") else self.fallback
+
+
+def _generator(script):
+    g = LlamaCppGenerator.__new__(LlamaCppGenerator)
+    g.llm, g.lock = _FakeLlama(script), threading.Lock()
+    return g
+
+
+class _Tok:
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1, 2, 3]}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(ord("a") + i) for i in ids)
+
+
+def _settings(**extra):
+    return {"max_new_tokens": 5, "do_sample": False, "temperature": None, "top_p": None, "repetition_penalty": 1.1,
+            "eos_token_id": 2, **extra}
+
+
+def test_llamacpp_generator_stops_at_end_of_turn_and_at_the_limit():
+    counts = {}
+    g = _generator([4, 5, 2, 6])
+    assert "".join(g.stream(_Tok(), "p", _settings(), None, counts)) == "ef"
+    assert counts == {"prompt": 3, "new": 3, "truncated": False}  # the end of turn counts as generated
+    assert g.llm.calls[0]["ids"] == [1, 2, 3] and g.llm.calls[0]["top_k"] == 1 and g.llm.calls[0]["repeat_penalty"] == 1.1
+    counts = {}
+    assert "".join(_generator([4] * 9).stream(_Tok(), "p", _settings(), None, counts)) == "eeeee"
+    assert counts["new"] == 5 and counts["truncated"]
+
+
+def test_llamacpp_generator_holds_back_the_end_and_honours_cancel():
+    counts = {}
+    text = "".join(_generator([4, 2, 2, 5, 2]).stream(_Tok(), "p", _settings(min_new_tokens=3), None, counts))
+    assert text == "ehhf" and counts["new"] == 5  # two ends of turn replaced, the third one (after 4 tokens) kept
+    cancel = threading.Event()
+    cancel.set()
+    assert "".join(_generator([4, 5, 6]).stream(_Tok(), "p", _settings(), cancel, {})) == "e"
+
+
+def test_engine_names_its_backends(runs):  # noqa: F811
+    with pytest.raises(AfinarError, match="engine 'onnx': choose one of torch, llamacpp"):
+        Engine([runs[0]], backend="onnx")
+
+
+def test_llamacpp_engine_explains_a_missing_llama_cpp(runs, monkeypatch):  # noqa: F811
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "llama_cpp" else real(name, *a, **k))
+    with pytest.raises(AfinarError, match="needs llama-cpp-python: pip install llama-cpp-python"):
+        Engine([runs[0]], backend="llamacpp", mode="off")
+
+
+def test_torch_engine_holds_back_the_end_of_turn(runs):  # noqa: F811
+    engine = Engine([runs[0]], mode="off")
+    reply = engine.reply([{"role": "user", "content": "¿Qué es una pila?"}], max_new_tokens=12, min_new_tokens=12)
+    assert reply.tokens == 12 and reply.truncated
+
+
+def test_llamacpp_engine_answers_like_the_torch_engine(runs):  # noqa: F811
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python; ~5 min build)")
+    question = [{"role": "user", "content": "¿Qué es una pila?"}]
+    fast = Engine([runs[0]], mode="off", backend="llamacpp", log=lambda *a: None)
+    assert (runs[0] / "export" / "gguf").is_dir()
+    reply = fast.reply(question, max_new_tokens=8, min_new_tokens=8)
+    assert reply.tokens == 8 and reply.prompt_tokens > 0 and fast.context_length > 0
