@@ -171,3 +171,23 @@ def test_llamacpp_engine_answers_like_the_torch_engine(runs):  # noqa: F811
     assert (runs[0] / "export" / "gguf").is_dir()
     reply = fast.reply(question, max_new_tokens=8, min_new_tokens=8)
     assert reply.tokens == 8 and reply.prompt_tokens > 0 and fast.context_length > 0
+
+
+def test_skipping_the_adapters_input_cast_changes_no_number(tmp_path, tiny_model_dir):
+    """Under bf16 autocast peft's cast to fp32 is undone by autocast at once: skipping it is free."""
+    from afinar.training.loop import _keep_input_dtype
+    from afinar.training.lora import attach_lora, load_base
+    from afinar.training.loss import AnswerOnlyLM
+
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, "lora.dropout=0")
+    model = attach_lora(load_base(recipe, torch.bfloat16, "cpu"), recipe, False, log=lambda *a: None)
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)  # adapters that do something
+    ids = torch.randint(3, 300, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = AnswerOnlyLM(model)(input_ids=ids, labels=ids)
+        _keep_input_dtype(model)
+        after = AnswerOnlyLM(model)(input_ids=ids, labels=ids)
+    assert next(p for p in model.parameters() if p.requires_grad).dtype == torch.float32  # adapters stay fp32
+    assert torch.equal(before, after)

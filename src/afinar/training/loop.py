@@ -151,6 +151,8 @@ def _model(recipe, setup: TrainSetup, device, train_tokens: int, log):
     if setup.device == "cpu":  # measured ~1.2x faster than SDPA's CPU kernels for training steps
         base.set_attn_implementation("eager")
     model = attach_lora(base, recipe, setup.gradient_checkpointing, log)
+    if setup.precision != "fp32" and recipe.quantization != "nf4":
+        _keep_input_dtype(model)
     setup.compile = decide_compile(recipe, setup, model, train_tokens)
     if setup.compile and compile_layers(model):
         log(f"compiling the decoder layers at the first steps (cached in {inductor_cache()}; "
@@ -159,6 +161,17 @@ def _model(recipe, setup: TrainSetup, device, train_tokens: int, log):
     log(f"model: {recipe.base_model} ({total / 1e6:.0f}M parameters, {setup.describe()}); "
         f"LoRA r={recipe.lora.r} trains {trainable / 1e6:.2f}M ({100 * trainable / total:.2f}%)")
     return model
+
+
+def _keep_input_dtype(model) -> None:
+    """peft casts each adapter's input to the adapter's dtype (fp32 here) and autocast casts it
+    straight back to bf16 for the matmul: two activation-sized copies per adapted layer, for the
+    same numbers. Skipping them measured 775 -> 828 tokens/s on FAQ examples (eager, 2-core CPU)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
 
 
 class _Loop:
