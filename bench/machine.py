@@ -7,7 +7,7 @@ bf16 (and fp32) matmul throughput torch reaches here, with every thread torch us
 products large enough to keep the cores busy and over the shapes of the embedded model's own
 layers. A training loop cannot beat it; how close it comes is how little it wastes.
 
-`Clock`, `peak_rss_mb` and `busy_seconds` are the timing helpers every benchmark script uses.
+`Clock`, `peak_rss_mb`, `busy_seconds` and `run_worker` are the helpers every benchmark script uses.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import platform
 import resource
+import subprocess
 import time
 from pathlib import Path
 
@@ -61,6 +62,24 @@ def busy_seconds() -> float:
         return float("nan")
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def run_worker(argv: list[str], log_path: Path, label: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run one benchmark worker in its own process (stdout captured, stderr appended to log_path).
+
+    Returns the process, its wall time, and the share of the machine's CPUs that other processes
+    used meanwhile (when it is high, the wall time is not to be trusted)."""
+    began, busy0 = time.perf_counter(), busy_seconds()
+    child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n===== {label} =====\n")
+        log.flush()
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=log, text=True, cwd=str(cwd))
+    wall = time.perf_counter() - began
+    child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = (child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)
+    others = max(0.0, busy_seconds() - busy0 - own) / (wall * (os.cpu_count() or 1))
+    return proc, wall, others
 
 
 def _gflops(m: int, k: int, n: int, dtype, seconds: float) -> float:

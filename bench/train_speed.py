@@ -41,16 +41,15 @@ import json
 import math
 import os
 import random
-import resource
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from machine import Clock, busy_seconds, machine_info, matmul_peak, peak_rss_mb
+from machine import Clock, machine_info, matmul_peak, peak_rss_mb
+from machine import run_worker as run_process
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -487,25 +486,14 @@ def run_worker(args) -> None:
 
 def run_contender(kind: str, recipe_json: Path, log_path: Path) -> dict:
     print(f"  running {kind} ...", flush=True)
-    began, busy0 = time.perf_counter(), busy_seconds()
-    child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"\n===== {kind} =====\n")
-        log.flush()
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--recipe-json", str(recipe_json)],
-                              stdout=subprocess.PIPE, stderr=log, text=True, cwd=str(ROOT))
-    wall = time.perf_counter() - began
-    child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own = (child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)
-    others = max(0.0, busy_seconds() - busy0 - own)
+    proc, wall, busy = run_process([sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--recipe-json", str(recipe_json)],
+                                   log_path, kind, ROOT)
     if proc.returncode != 0:
         tail = "".join(log_path.read_text(encoding="utf-8").splitlines(keepends=True)[-40:])
         raise SystemExit(f"{kind} worker failed (exit {proc.returncode}); last lines of {log_path}:\n{tail}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["worker_wall_s"] = wall
-    # share of the machine's CPU capacity used by other processes while this worker ran
-    out["other_processes_cpu_share"] = others / (wall * (os.cpu_count() or 1))
-    busy = out["other_processes_cpu_share"]
+    out["other_processes_cpu_share"] = busy
     if kind != "warmup":
         print(f"  {kind}: {out['epoch_s']:.1f} s/epoch ({out['epoch_cpu_s']:.1f} CPU s), peak {out['peak_rss_mb']:.0f} MB, "
               f"eval loss {out['eval_loss_best']:.4f}; worker {wall:.0f} s"

@@ -191,3 +191,13 @@ def test_skipping_the_adapters_input_cast_changes_no_number(tmp_path, tiny_model
         after = AnswerOnlyLM(model)(input_ids=ids, labels=ids)
     assert next(p for p in model.parameters() if p.requires_grad).dtype == torch.float32  # adapters stay fp32
     assert torch.equal(before, after)
+
+
+def test_compile_counts_only_the_tokens_a_run_will_train(tmp_path, tiny_model_dir):
+    from types import SimpleNamespace
+
+    from afinar.training.loop import _tokens_to_train
+
+    examples = [SimpleNamespace(input_ids=[0] * 10)] * 8  # 2 steps per epoch at batch 4
+    assert _tokens_to_train(tiny_recipe(tmp_path, tiny_model_dir, "train.epochs=3"), examples) == 240
+    assert _tokens_to_train(tiny_recipe(tmp_path, tiny_model_dir, "train.epochs=3", "train.max_steps=1"), examples) == 40

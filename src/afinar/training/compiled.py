@@ -4,14 +4,15 @@ On a CPU most of a LoRA step that is not a large matmul is small elementwise wor
 rotary embeddings, activations, the adapters' scaling, dtype casts), one kernel and one Python
 call at a time. Compiling each decoder layer fuses that work into a few C++ loops. All layers
 share one compiled graph (they run the same code), compiled with dynamic shapes so that batches
-of any length reuse it. Measured on the embedded model (bench/train_speed.py, 2-core AVX-512 BF16
-CPU, eager attention): 729 -> 974 tokens/s on FAQ examples, 554 -> 827 on 250-token ones.
+of any length reuse it. Measured on the embedded model (2-core AVX-512 BF16 CPU, eager attention,
+steady state): 828 -> 982 tokens/s on FAQ examples, 525 -> 621 on 700-token chat transcripts;
+bench/train_scaling.py measures whole epochs, compilation included.
 
-The first compilation on a machine takes ~35 s for the embedded model; inductor caches its code
-under afinar's cache folder, and later runs compile in a few seconds. `train.compile: auto` turns
-it on when a run is long enough to repay the compilation: 100k training tokens with a cold cache,
-20k once the cache is warm for this model (a stamp written after the first compiled step that
-succeeded); dynamo still traces the layers at every start (~6 s), so short runs stay eager.
+The first compilation on a machine takes ~50 s for the embedded model; inductor caches its code
+under afinar's cache folder, and later runs find it there, but dynamo still traces the layers at
+every start (6-17 s). `train.compile: auto` turns it on when a run is long enough to repay that:
+250k training tokens with a cold cache, 60k once the cache is warm for this model (a stamp
+written after the first compiled step that succeeded); shorter runs stay eager.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import torch
 
 from afinar.models import cache_dir
 
-# below these many training tokens (all epochs) compiling costs more than it saves here: ~0.45 ms
-# saved per token, against ~40 s for a cold compilation and ~6 s of tracing with a warm cache
-COLD_COMPILE_MIN_TOKENS = 100_000
-WARM_COMPILE_MIN_TOKENS = 20_000
+# below these many training tokens (all epochs) compiling costs more than it saves here: it saves
+# ~0.2 ms per token (FAQ examples: 828 -> 982 tokens/s; 700-token transcripts: 525 -> 621) against
+# ~50 s for a cold compilation and 6-17 s of tracing at every start with a warm cache
+COLD_COMPILE_MIN_TOKENS = 250_000
+WARM_COMPILE_MIN_TOKENS = 60_000
 
 
 def inductor_cache() -> Path:

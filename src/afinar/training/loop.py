@@ -113,10 +113,20 @@ def train(recipe: Recipe, *, resume: bool = False, reuse_data: bool = False, pro
         preflight(recipe, run_dir, resume)
     accelerator.wait_for_everyone()
     tokenizer, train_set, eval_set = _data(recipe, run_dir, accelerator, resume or reuse_data, log if main else _quiet)
-    train_tokens = int(recipe.train.epochs * sum(len(e.input_ids) for e in train_set))
+    train_tokens = _tokens_to_train(recipe, train_set)
     model = _model(recipe, setup, accelerator.device, train_tokens, log if main else _quiet)
     loop = _Loop(recipe, setup, run_dir, accelerator, model, tokenizer, train_set, eval_set, progress, log)
     return loop.run(resume)
+
+
+def _tokens_to_train(recipe, train_set) -> int:
+    """Tokens the run will train on: its epochs over the data, or fewer when max_steps stops it."""
+    t = recipe.train
+    epochs = t.epochs
+    if t.max_steps:
+        steps_per_epoch = max(1, math.ceil(len(train_set) / (t.batch_size * t.grad_accum)))
+        epochs = min(epochs, t.max_steps / steps_per_epoch)
+    return int(epochs * sum(len(e.input_ids) for e in train_set))
 
 
 def _quiet(*args, **kwargs):
