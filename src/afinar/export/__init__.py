@@ -17,9 +17,10 @@ from afinar.errors import AfinarError
 
 TARGETS = ("merged", "gguf", "ollama", "hub")
 # Teacher-forced next-token agreement of the GGUF read back with the merged model, at least.
-# Measured on the demo run of the embedded 135M model: f16 100%, q8_0 99.3%, q5_0 80.8%,
-# q4_0 68.2% (small models lose much at 4-5 bits; a broken file agrees on almost nothing).
-MIN_AGREEMENT = {"f16": 0.99, "q8_0": 0.9, "q5_0": 0.7, "q4_0": 0.55}
+# Measured on runs of the embedded 135M model: f16 98.8-100% (near-tied logits flip when rounded
+# to 16 bits), q8_0 99.3%, q5_0 80.8%, q4_0 68.2% (small models lose much at 4-5 bits; a broken
+# file agrees on almost nothing).
+MIN_AGREEMENT = {"f16": 0.97, "q8_0": 0.9, "q5_0": 0.7, "q4_0": 0.55}
 
 
 @dataclass
