@@ -268,7 +268,7 @@ def main(argv=None) -> None:
     print(f"inference speed: {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, run {run_dir} (log {log_path})", flush=True)
     rows = {k: r for k in kinds if (r := run_contender(k, Path(run_dir), log_path))}
     guard = rows.get("afinar-torch", {}).get("guard_ms")
-    report = {"command": "python bench/inference_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": ("python bench/inference_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
               "machine": machine_info(), "run": str(run_dir), "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS,
               "results": rows, "guard": guard, "markdown": markdown(rows, guard),
               "targets": {"vs_transformers_fp32": TARGET_VS_TRANSFORMERS, "vs_llamacpp_f16": TARGET_VS_LLAMACPP,

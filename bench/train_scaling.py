@@ -133,7 +133,7 @@ def main(argv=None) -> None:
     for compile_ in ("off", "on"):
         rows.append({**run(f"long-{compile_}", transcripts(args.long), compile_, workdir), "kind": f"chat transcripts ({TURNS_PER_TRANSCRIPT} turns)"})
     table = markdown(rows)
-    report = {"command": "python bench/train_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    report = {"command": ("python bench/train_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
               "machine": machine_info(), "results": rows, "compile_warmup_s": warmup_s, "markdown": table,
               "bench_seconds": round(time.perf_counter() - began, 1)}
     OUT.parent.mkdir(exist_ok=True)
