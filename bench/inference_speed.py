@@ -10,14 +10,15 @@ so that every contender generates exactly 128 tokens:
   transformers fp32    the seeds' way: fp32 base + peft adapter, `generate()`;
   llama.cpp f16/q8_0   llama-cpp-python over the run exported by `afinar export --to gguf`
                        (adapter merged), its own `generate()`;
-  afinar (torch)       `Engine(run)`: bf16 base + adapter, the dynamic batcher, streaming;
+  afinar (torch)       `Engine(run)`: bf16 base + adapter, the dynamic batcher, streaming, and the
+                       recipe's guard deciding first (the question is in the domain);
   afinar (llama.cpp)   `Engine(run, backend="llamacpp")`: the same GGUF (f16) behind afinar's guard,
                        template and streaming.
 
 Each contender runs in its own process, 3 times after a warm-up; the best run is kept (other
 processes only ever slow a run down). Reported: new tokens/s over the whole reply (prefill
-included), time to first token, and the guard's own time per question (`Engine.decide` over
-the demo's probe questions). Targets (issue 9): afinar >= 3x transformers fp32 and within 1.5x
+included; for afinar, the guard's decision too), time to first token, and the guard's own time
+per question (`Engine.decide` over the demo's probe questions). Targets (issue 9): afinar >= 3x transformers fp32 and within 1.5x
 of llama.cpp (f16, the same precision); the guard under 50 ms per question.
 """
 
@@ -138,8 +139,8 @@ def worker(kind: str, run_dir: Path) -> dict:
     else:
         from afinar.engine import Engine
 
+        # the recipe's guard mode (refuse): the guard decides before every reply, as users get it
         engine = Engine([run_dir], backend=kind.split("-", 1)[1], log=lambda *a: print(*a, file=sys.stderr))
-        engine.persona().recipe.guard.mode = "off"  # the guard is timed apart below
 
         def call(first):
             reply = None
@@ -150,28 +151,28 @@ def worker(kind: str, run_dir: Path) -> dict:
                     first()
                 else:
                     reply = item
+            if reply.refused:
+                raise SystemExit("the guard refused the benchmark's question; nothing was generated")
             return reply.tokens
 
-        out["guard_ms"] = guard_times(run_dir) if kind == "afinar-torch" else None
     _timed(call)  # warm-up: thread pools, caches, kernel selection
     runs = [_timed(call) for _ in range(REPEATS)]
+    if kind == "afinar-torch":
+        out["guard_ms"] = guard_times(engine)
     best = min(runs, key=lambda r: r[1] / max(1, r[2]))
     out.update(new_tokens=best[2], ttft_s=best[0], total_s=best[1], tokens_per_s=best[2] / best[1],
                decode_tokens_per_s=(best[2] - 1) / (best[1] - best[0]), runs=[list(r) for r in runs])
     return out
 
 
-def guard_times(run_dir: Path) -> dict:
-    """The guard's time per question (refuse mode) over the demo probe's questions."""
-    from afinar.guard.store import load_run_guard
-
-    guard = load_run_guard(run_dir)
+def guard_times(engine) -> dict:
+    """The guard's decision time per question (`Engine.decide`, refuse mode) over the demo probe."""
     questions = [json.loads(line)["question"] for line in PROBE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    guard.check(questions[0], "refuse")  # warm-up
+    engine.decide([{"role": "user", "content": questions[0]}])  # warm-up
     times = []
     for q in questions:
         began = time.perf_counter()
-        guard.check(q, "refuse")
+        engine.decide([{"role": "user", "content": q}])
         times.append(1000 * (time.perf_counter() - began))
     times.sort()
     return {"questions": len(times), "p50_ms": statistics.median(times), "p95_ms": times[int(0.95 * (len(times) - 1))],

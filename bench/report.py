@@ -63,8 +63,8 @@ def inference_section(data: dict | None) -> list[str]:
             f"chat template included) with {data['new_tokens']} new tokens, greedy, end of turn held back; each contender "
             "in its own process, best of 3 after a warm-up. New tokens/s is over the whole reply, prefill included. "
             "llama.cpp runs the GGUF that `afinar export --to gguf` writes (adapter merged); `--engine llamacpp` runs "
-            "that same file behind afinar's guard, template and streaming. The guard's time is the run's guard "
-            "deciding (refuse mode) on each of the demo's probe questions.", "", data["markdown"], ""]
+            "that same file behind afinar's guard, template and streaming; afinar's rows include the guard's decision "
+            "(refuse mode) before each reply. The guard's time is `Engine.decide` on each of the demo's probe questions.", "", data["markdown"], ""]
 
 
 def packing_section(data: dict | None) -> list[str]:
