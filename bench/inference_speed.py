@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import machine_info, run_worker
+from machine import machine_info, quick_demo_run, run_worker
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -183,17 +183,6 @@ def guard_times(engine) -> dict:
 # driver
 
 
-def quick_run() -> Path:
-    """The demo recipe trained for two steps (the weights do not change the cost of generating)."""
-    from afinar.demo import demo_recipe_path
-    from afinar.recipe import load_recipe
-    from afinar.training import train
-
-    out = Path(tempfile.mkdtemp(prefix="afinar-inference-bench-"))
-    recipe = load_recipe(demo_recipe_path(), [f"train.output_dir={out}", "train.max_steps=2", "data.paraphrases=0"])
-    return train(recipe, progress=False, log=lambda *a, **k: None).run_dir
-
-
 def run_contender(kind: str, run_dir: Path, log_path: Path) -> dict | None:
     proc, _, busy = run_worker([sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--run", str(run_dir)],
                                log_path, kind, ROOT)
@@ -254,7 +243,7 @@ def main(argv=None) -> None:
         real.write(json.dumps(worker(args.worker, args.run)) + "\n")
         return
     began = time.perf_counter()
-    run_dir = args.run or quick_run()
+    run_dir = args.run or quick_demo_run()
     kinds = [k for k, _ in CONTENDERS if llama_cpp_available() or "llamacpp" not in k]
     if len(kinds) < len(CONTENDERS):
         print("llama-cpp-python is not installed: the llama.cpp contenders are skipped (pip install llama-cpp-python)")

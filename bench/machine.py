@@ -7,7 +7,8 @@ bf16 (and fp32) matmul throughput torch reaches here, with every thread torch us
 products large enough to keep the cores busy and over the shapes of the embedded model's own
 layers. A training loop cannot beat it; how close it comes is how little it wastes.
 
-`Clock`, `peak_rss_mb`, `busy_seconds` and `run_worker` are the helpers every benchmark script uses.
+`Clock`, `peak_rss_mb`, `busy_seconds`, `run_worker` and `quick_demo_run` are the helpers the
+benchmark scripts share.
 """
 
 from __future__ import annotations
@@ -80,6 +81,20 @@ def run_worker(argv: list[str], log_path: Path, label: str, cwd: Path) -> tuple[
     own = (child1.ru_utime - child0.ru_utime) + (child1.ru_stime - child0.ru_stime)
     others = max(0.0, busy_seconds() - busy0 - own) / (wall * (os.cpu_count() or 1))
     return proc, wall, others
+
+
+def quick_demo_run() -> Path:
+    """The demo recipe trained for two steps, in a temporary folder: a real run to generate and
+    serve with (the weights do not change what generating costs)."""
+    import tempfile
+
+    from afinar.demo import demo_recipe_path
+    from afinar.recipe import load_recipe
+    from afinar.training import train
+
+    out = Path(tempfile.mkdtemp(prefix="afinar-bench-run-"))
+    recipe = load_recipe(demo_recipe_path(), [f"train.output_dir={out}", "train.max_steps=2", "data.paraphrases=0"])
+    return train(recipe, progress=False, log=lambda *a, **k: None).run_dir
 
 
 def _gflops(m: int, k: int, n: int, dtype, seconds: float) -> float:

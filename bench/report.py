@@ -165,10 +165,7 @@ def targets_section(train: dict | None, scaling: dict | None, inference: dict | 
 
 
 def _inference_verdicts(data: dict) -> list[tuple[str, str, bool]]:
-    import sys
-
-    sys.path.insert(0, str(HERE))
-    from inference_speed import verdicts
+    from inference_speed import verdicts  # bench/ is on the path: this file runs from it
 
     return verdicts(data["results"], data.get("guard"))
 

@@ -28,10 +28,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from machine import quick_demo_run
 
 HERE = Path(__file__).resolve().parent
 PROBE = HERE.parent / "src" / "afinar" / "resources" / "demo" / "tutor_sondeo.jsonl"
@@ -39,7 +40,7 @@ PROBE = HERE.parent / "src" / "afinar" / "resources" / "demo" / "tutor_sondeo.js
 
 def main(argv=None) -> dict:
     args = _args(argv)
-    run = Path(args.run) if args.run else _quick_run()  # 1.
+    run = Path(args.run) if args.run else quick_demo_run()  # 1.
     rows = [_measure(run, args, batch) for batch in args.max_batch]
     report = {"command": "python bench/serve_load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "run": str(run), "clients": args.clients, "seconds": args.seconds, "max_tokens": args.max_tokens,
@@ -78,16 +79,6 @@ def _args(argv):
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, nargs="+", default=[1, 16], help="serve with each of these settings in turn")
     return parser.parse_args(argv)
-
-
-def _quick_run() -> Path:
-    from afinar.demo import demo_recipe_path
-    from afinar.recipe import load_recipe
-    from afinar.training import train
-
-    out = Path(tempfile.mkdtemp(prefix="afinar-serve-bench-"))
-    recipe = load_recipe(demo_recipe_path(), [f"train.output_dir={out}", "train.max_steps=2", "data.paraphrases=0"])
-    return train(recipe, progress=False).run_dir
 
 
 def _free_port() -> int:

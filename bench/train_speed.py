@@ -451,18 +451,6 @@ def worker_afinar(recipe, data_dir: Path) -> dict:
     }
 
 
-def worker_warmup(recipe, data_dir: Path) -> dict:
-    """Two compiled steps of afinar, so that the measured run finds inductor's cache warm, as every
-    run after the first on a machine does; its time is the one-off cost of compiling."""
-    from afinar.training import train
-
-    recipe.train.max_steps, recipe.train.compile = 2, "on"
-    recipe.name = recipe.name + "-warmup"
-    began = time.perf_counter()
-    train(recipe, reuse_data=False, progress=False, log=lambda *a, **k: print(*a, file=sys.stderr, **k))
-    return {"contender": "warmup", "seconds": time.perf_counter() - began}
-
-
 def run_worker(args) -> None:
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # libraries and afinar's log print; stdout carries only the JSON
@@ -472,7 +460,7 @@ def run_worker(args) -> None:
     recipe = validate_recipe(raw, "bench", Path(args.recipe_json).parent)
     data_dir = Path(recipe.train.output_dir) / recipe.name / "data"
     began = time.perf_counter()
-    workers = {"seeds": worker_seeds, "trl": worker_trl, "afinar": worker_afinar, "warmup": worker_warmup}
+    workers = {"seeds": worker_seeds, "trl": worker_trl, "afinar": worker_afinar}
     out = workers[args.worker](recipe, data_dir)
     out["process_s"] = time.perf_counter() - began
     out["torch_threads"] = __import__("torch").get_num_threads()
@@ -494,10 +482,9 @@ def run_contender(kind: str, recipe_json: Path, log_path: Path) -> dict:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["worker_wall_s"] = wall
     out["other_processes_cpu_share"] = busy
-    if kind != "warmup":
-        print(f"  {kind}: {out['epoch_s']:.1f} s/epoch ({out['epoch_cpu_s']:.1f} CPU s), peak {out['peak_rss_mb']:.0f} MB, "
-              f"eval loss {out['eval_loss_best']:.4f}; worker {wall:.0f} s"
-              + (f"; WARNING: other processes used {100 * busy:.0f}% of the CPUs meanwhile" if busy > 0.1 else ""), flush=True)
+    print(f"  {kind}: {out['epoch_s']:.1f} s/epoch ({out['epoch_cpu_s']:.1f} CPU s), peak {out['peak_rss_mb']:.0f} MB, "
+          f"eval loss {out['eval_loss_best']:.4f}; worker {wall:.0f} s"
+          + (f"; WARNING: other processes used {100 * busy:.0f}% of the CPUs meanwhile" if busy > 0.1 else ""), flush=True)
     return out
 
 
@@ -622,7 +609,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("--keep", action="store_true", help="keep the temporary work folder (runs, logs)")
-    p.add_argument("--worker", choices=["seeds", "trl", "afinar", "warmup"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=[k for k, _ in CONTENDERS], help=argparse.SUPPRESS)
     p.add_argument("--recipe-json", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

@@ -28,9 +28,9 @@ INSTALL_HINT = "pip install llama-cpp-python (it builds llama.cpp from source: a
 
 def ensure_gguf(run_dir: Path, recipe, qtype: str = "f16", log=print) -> Path:
     """The run's GGUF of this type, exported now unless one newer than the adapter exists."""
-    from afinar.export import export_run
+    from afinar.export import export_run, gguf_name
 
-    path = run_dir / "export" / "gguf" / f"{recipe.name}-{qtype}.gguf"
+    path = run_dir / "export" / "gguf" / gguf_name(recipe.name, qtype)
     adapter = run_dir / "adapter" / "adapter_model.safetensors"
     if path.exists() and (not adapter.exists() or path.stat().st_mtime >= adapter.stat().st_mtime):
         return path
@@ -46,9 +46,7 @@ class LlamaCppGenerator:
             from llama_cpp import Llama
         except ImportError:
             raise AfinarError(f"--engine llamacpp needs llama-cpp-python: {INSTALL_HINT}") from None
-        path = ensure_gguf(run_dir, recipe, qtype, log)
-        self.path = path
-        self.llm = Llama(model_path=str(path), n_ctx=0, n_threads=threads or os.cpu_count() or 1,
+        self.llm = Llama(model_path=str(ensure_gguf(run_dir, recipe, qtype, log)), n_ctx=0, n_threads=threads or os.cpu_count() or 1,
                          n_batch=512, verbose=False)  # n_ctx=0: the model's own context length
         self.lock = threading.Lock()
 

@@ -23,6 +23,11 @@ TARGETS = ("merged", "gguf", "ollama", "hub")
 MIN_AGREEMENT = {"f16": 0.97, "q8_0": 0.9, "q5_0": 0.7, "q4_0": 0.55}
 
 
+def gguf_name(run_name: str, qtype: str) -> str:
+    """The file name `--to gguf` gives a run's GGUF of this type (in RUN/export/gguf/ by default)."""
+    return f"{run_name}-{qtype}.gguf"
+
+
 @dataclass
 class ExportResult:
     to: str
@@ -60,7 +65,7 @@ def _gguf(run_dir: Path, out: Path, qtype: str, ollama: bool, log) -> ExportResu
     from afinar.generation import read_run
 
     recipe, tokenizer, _ = read_run(run_dir)
-    name = f"{recipe.name}-{qtype}.gguf"
+    name = gguf_name(recipe.name, qtype)
     if ollama:  # written first: an unreadable chat template fails before the slow steps
         from afinar.export.ollama import modelfile
 
