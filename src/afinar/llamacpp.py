@@ -34,7 +34,7 @@ def ensure_gguf(run_dir: Path, recipe, qtype: str = "f16", log=print) -> Path:
     adapter = run_dir / "adapter" / "adapter_model.safetensors"
     if path.exists() and (not adapter.exists() or path.stat().st_mtime >= adapter.stat().st_mtime):
         return path
-    log(f"{run_dir}: exporting the adapter merged into a {qtype} GGUF for llama.cpp (once per run) ...")
+    log(f"{run_dir}: exporting the adapter merged into a GGUF ({qtype}) for llama.cpp, once per run ...")
     return export_run(run_dir, "gguf", qtype=qtype, log=log).path
 
 
