@@ -152,7 +152,7 @@ def _data(recipe, run_dir, accelerator, reuse: bool, log):
 
 
 def _model(recipe, setup: TrainSetup, device, train_tokens: int, log):
-    from afinar.training.compiled import compile_layers, inductor_cache
+    from afinar.training.compiled import cache_is_warm, compile_layers, inductor_cache
     from afinar.training.lora import attach_lora, load_base
     from afinar.training.runtime import decide_compile
 
@@ -164,9 +164,10 @@ def _model(recipe, setup: TrainSetup, device, train_tokens: int, log):
     if setup.precision != "fp32" and recipe.quantization != "nf4":
         _keep_input_dtype(model)
     setup.compile = decide_compile(recipe, setup, model, train_tokens)
-    if setup.compile and compile_layers(model):
-        log(f"compiling the decoder layers at the first steps (cached in {inductor_cache()}; "
-            "the first time on a machine takes about a minute)")
+    if setup.compile:
+        took = "a few seconds: its cache is warm" if cache_is_warm(model) else "about a minute, the first time on a machine"
+        if compile_layers(model):
+            log(f"compiling the decoder layers at the first steps ({took}; cached in {inductor_cache()})")
     trainable, total = model.get_nb_trainable_parameters()
     log(f"model: {recipe.base_model} ({total / 1e6:.0f}M parameters, {setup.describe()}); "
         f"LoRA r={recipe.lora.r} trains {trainable / 1e6:.2f}M ({100 * trainable / total:.2f}%)")
