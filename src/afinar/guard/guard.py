@@ -1,16 +1,20 @@
 """The domain guard: decide, before generating, whether a question belongs to the assistant's domain.
 
 Built from the training records (each a curated question, its paraphrases and its answer):
-  1. every record gets a sentence embedding (the embedded MiniLM) of each of its questions and of
-     its first question followed by its answer, and bags of stemmed terms (see `text.py`);
-  2. a query is cleaned of injection wrappers (`injection.py`) and scored against every record:
-       0.55 * IDF coverage of the query's terms by the record's questions and answer
-     + 0.20 * IDF share of the record's question that the query mentions (the reverse direction,
-              so "¿Tienen libros electrónicos?" prefers the e-book record to any record with "libro")
-     + 0.25 * cosine of the query to the record's closest embedding;
-     words carry most of the weight because the English MiniLM ranks Spanish paraphrases poorly
-     (weights: the best of a grid on the library FAQ of bench/guard_data, checked on two unseen
-     FAQs, see bench/guard_bench.py and BENCHMARKS.md);
+  1. every record gets two kinds of sentence embedding (multilingual-e5-small, `embedder.py`):
+     its first question followed by its answer, as an e5 "passage", and each of its questions,
+     as an e5 "query"; and bags of stemmed terms (see `text.py`);
+  2. a query is cleaned of injection wrappers (`injection.py`) and scored against every record,
+     as the weighted mean of three signals:
+       1.00 * cosine of the query to the record's question-and-answer passage
+     + 0.25 * cosine of the query to the record's closest question
+     + 0.10 * IDF coverage of the query's terms by the record's questions and answer;
+     the embedding carries most of the weight: it ranks users' paraphrases (slang, typos,
+     English, a situation described instead of named) far better than words do, and the words
+     still break its near-ties. The embedder sees the query as typed (accents and all) unless an
+     injection wrapper had to be cut out of it: measured on the development FAQs, the typed text
+     kept the worst domain's in-domain questions wrongly refused at 4% instead of 13%. Weights:
+     a grid on the benchmark's development FAQs, see bench/guard_bench.py and BENCHMARKS.md;
   3. thresholds are calibrated from the data itself (see `calibrate`);
   4. `check(query, mode)` returns a `Decision`: in or out of the domain, the best record (the
      curated answer that strict mode returns) and its score.
@@ -28,11 +32,11 @@ import numpy as np
 from afinar.guard.injection import asks_for_instructions, strip_injection
 from afinar.guard.text import IdfIndex, terms
 
-# Weights of the three signals (see the module docstring) and the saved guard's format version.
-COVERAGE_WEIGHT, REVERSE_WEIGHT, EMBED_WEIGHT = 0.55, 0.20, 0.25
-GUARD_VERSION = 3
+# Weights of the four signals (see the module docstring); a score is their weighted mean.
+PASSAGE_WEIGHT, QUESTION_WEIGHT, COVERAGE_WEIGHT = 1.0, 0.25, 0.10
+GUARD_VERSION = 4
 # Calibration (see `calibrate`): quantiles of the out-of-domain questions' scores.
-REFUSE_QUANTILE, STRICT_QUANTILE, MIN_THRESHOLD = 0.85, 0.97, 0.2
+REFUSE_QUANTILE, STRICT_QUANTILE, MIN_THRESHOLD = 0.95, 0.97, 0.2
 
 
 @dataclass
@@ -66,39 +70,28 @@ class DomainGuard:
                  embeddings: np.ndarray | None = None):
         self.records = records
         self.embedder = embedder
-        texts = [q for r in records for q in r.questions] + [f"{r.questions[0]} {r.answer}" for r in records]
-        self.owner = [i for i, r in enumerate(records) for _ in r.questions] + list(range(len(records)))
-        self.emb = embeddings if embeddings is not None else self._embed(texts)
+        self.owner = np.array([i for i, r in enumerate(records) for _ in r.questions], dtype=np.int64)
+        if embeddings is None:  # one passage per record, then every question, as saved by `save`
+            embeddings = np.concatenate([embedder.passages([f"{r.questions[0]} {r.answer}" for r in records]),
+                                         embedder.queries([q for r in records for q in r.questions])])
+        self.emb = np.asarray(embeddings, dtype=np.float32)
         self.qa_index = IdfIndex([[t for q in r.questions for t in terms(q)] + terms(r.answer) for r in records])
-        # each record question's terms with their IDF mass, for `_reverse_coverage`
-        question_sets = [[set(terms(q)) for q in r.questions] for r in records]
-        self.question_terms = [[(qt, sum(self.qa_index.weight(t) for t in qt)) for qt in sets] for sets in question_sets]
         self.thresholds = thresholds or Thresholds(0.5, 0.5)
-
-    def _embed(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(self.embedder.encode(texts, normalize_embeddings=True, batch_size=64, show_progress_bar=False), dtype=np.float32)
 
     def matrix(self, texts: list[str]) -> np.ndarray:
         """[texts x records] scores, after removing injection wrappers (0 for texts with no content words)."""
-        cleaned = [strip_injection(t)[0] for t in texts]
-        cosines = self._embed([c or "-" for c in cleaned]) @ self.emb.T
-        out = np.zeros((len(texts), len(self.records)), dtype=np.float32)
-        for i, (row, text) in enumerate(zip(cosines, cleaned)):
-            qt = terms(text)
-            if not qt:
-                continue
-            closest = np.full(len(self.records), -1.0, dtype=np.float32)
-            np.maximum.at(closest, self.owner, row)
-            out[i] = (COVERAGE_WEIGHT * np.asarray(self.qa_index.coverage(qt))
-                      + REVERSE_WEIGHT * self._reverse_coverage(qt) + EMBED_WEIGHT * closest)
-        return out
-
-    def _reverse_coverage(self, query_terms: list[str]) -> np.ndarray:
-        """For every record, the largest IDF share of one of its questions that the query mentions."""
-        index = self.qa_index
-        asked = {index.resolve(t) for t in query_terms}
-        return np.array([max((sum(index.weight(t) for t in qt & asked) / total for qt, total in questions if total), default=0.0)
-                         for questions in self.question_terms], dtype=np.float32)
+        n = len(self.records)
+        stripped = [strip_injection(t) for t in texts]
+        typed = [(cleaned if found else text.strip()) or "-" for text, (cleaned, found) in zip(texts, stripped)]
+        cosines = self.embedder.queries(typed) @ self.emb.T
+        closest = np.full((n, len(texts)), -1.0, dtype=np.float32)
+        np.maximum.at(closest, self.owner, cosines[:, n:].T)  # each record's closest question
+        out = np.zeros((len(texts), n), dtype=np.float32)
+        for i, (cleaned, _) in enumerate(stripped):
+            if qt := terms(cleaned):
+                out[i] = (PASSAGE_WEIGHT * cosines[i, :n] + QUESTION_WEIGHT * closest[:, i]
+                          + COVERAGE_WEIGHT * np.asarray(self.qa_index.coverage(qt)))
+        return out / (PASSAGE_WEIGHT + QUESTION_WEIGHT + COVERAGE_WEIGHT)
 
     def scores(self, texts: list[str]) -> list[tuple[int, float]]:
         """(best record, score) for each text."""
@@ -125,12 +118,12 @@ class DomainGuard:
         """Pick the refuse and strict thresholds from out-of-domain questions (`negatives`).
 
         Real users' paraphrases of a record score far below any copy of its question that can be
-        made without a model (measured: the 5th percentile of real paraphrases sits near the 90th
-        percentile of out-of-domain questions), so positives made from the records cannot place
-        the threshold. The negatives' score distribution can: the refuse threshold lets through
-        the top REFUSE_QUANTILE share of them, which kept at most 5% of in-domain paraphrases
-        refused on the development FAQ; strict mode, where a wrong curated answer is worse than a
-        refusal, uses the higher STRICT_QUANTILE. Both stay above MIN_THRESHOLD.
+        made without a model (measured on the benchmark FAQs: the 5th percentile of real paraphrases
+        sits near the 95th percentile of out-of-domain questions), so positives made from the
+        records cannot place the threshold. The negatives' score distribution can: the refuse
+        threshold lets through the top (1 - REFUSE_QUANTILE) share of them, which kept at most 5%
+        of in-domain paraphrases refused on the development FAQ; strict mode, where a wrong curated
+        answer is worse than a refusal, uses the higher STRICT_QUANTILE. Both stay above MIN_THRESHOLD.
         """
         neg = np.array([s for _, s in self.scores(negatives)]) if negatives else np.zeros(1)
         refuse = max(MIN_THRESHOLD, float(np.quantile(neg, REFUSE_QUANTILE)))
@@ -150,15 +143,16 @@ class DomainGuard:
         with atomic_dir(folder) as tmp:
             np.save(tmp / "embeddings.npy", self.emb)
             (tmp / "guard.json").write_text(json.dumps({
-                "version": GUARD_VERSION, "records": [asdict(r) for r in self.records],
+                "version": GUARD_VERSION, "embedder": self.embedder.name, "records": [asdict(r) for r in self.records],
                 "thresholds": asdict(self.thresholds)}, ensure_ascii=False, indent=1), encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path, embedder) -> DomainGuard | None:
-        """The guard saved in `folder`; None when there is none or it has an older format."""
+        """The guard saved in `folder`; None when there is none, or it has an older format or was
+        embedded by another model (its embeddings would not be comparable with `embedder`'s)."""
         path = folder / "guard.json"
         data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        if data.get("version") != GUARD_VERSION:
+        if data.get("version") != GUARD_VERSION or data.get("embedder") != embedder.name:
             return None
         records = [Record(**r) for r in data["records"]]
         emb = np.load(folder / "embeddings.npy", allow_pickle=False)

@@ -1,8 +1,9 @@
 """Text features for the domain guard: normalised, stemmed content words and an IDF coverage score.
 
-Why our own lexical scorer: users type "horario sabado?" for "¿A qué hora abren los sábados?",
-"q papeles piden pa la bibloteca" or "How much is the card?". The embedded MiniLM is English-only
-and ranks such Spanish paraphrases poorly, so the guard leans on words, made robust step by step:
+Why a lexical scorer beside the embedder: users type "horario sabado?" for "¿A qué hora abren los
+sábados?", "q papeles piden pa la bibloteca" or "How much is the card?". The embedder ranks most
+of these well but often puts two records within a hair of each other; the words of the query
+break such ties. They are made robust step by step:
   1. `normalise`: lowercase, accents removed, "wi-fi" joined, punctuation to spaces;
   2. chat abbreviations expanded (q -> que, x -> por, pa -> para) and stop words dropped;
   3. Snowball stems (Spanish; English words get consistent stems on both sides);
