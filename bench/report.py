@@ -82,21 +82,32 @@ def packing_section(data: dict | None) -> list[str]:
 def guard_section(data: dict | None) -> list[str]:
     if data is None or "domains" not in data:
         return ["## Domain guard", "", "Not run yet: `python bench/guard_bench.py`.", ""]
+    t = data["targets"]
     lines = ["## Domain guard on 30-row FAQs", "",
-             "Command: `python bench/guard_bench.py`. Each FAQ has 130 probes: 60 paraphrases as users type them "
-             "(slang, typos, English), 30 out-of-domain questions, 15 near misses, 15 injections, 10 in-domain "
-             "questions wrapped in injections (bench/guard_data/). `biblioteca` is the development set the guard's "
-             "weights and calibration were chosen on; `veterinaria` and `matricula` were written afterwards by "
-             "someone who saw neither, and are the held-out figures. Thresholds are calibrated from the FAQ and "
-             "afinar's bundled out-of-domain questions only. Targets (issue 4): strict >= 95% correct; refuse "
-             ">= 85% correct with <= 5% of in-domain questions refused.", "",
-             "| FAQ | mode | accuracy | in-domain wrongly refused | by kind (correct/total) | guard latency p50 |",
-             "|---|---|---:|---:|---|---:|"]
+             f"Command: `{data['command'].strip()}`; embedder: {data['embedder']}. Each FAQ has 130 probes: 60 "
+             "paraphrases as users type them (slang, typos, English, a situation described instead of named), 30 "
+             "out-of-domain questions, 15 near misses, 15 injections, 10 in-domain questions wrapped in injections "
+             "(bench/guard_data/). Thresholds are calibrated from the FAQ and afinar's bundled out-of-domain questions "
+             f"only. Targets (issue 4): strict >= {t['strict']:.0%} routed right (in-domain answered with the right "
+             f"record, the rest refused); refuse >= {t['refuse']:.0%} right with <= {t['wrongly_refused']:.0%} of "
+             "in-domain questions refused. Only the held-out FAQs were never looked at while the guard's settings "
+             "were chosen; the role of each FAQ is in bench/guard_bench.py (ROLES).", "",
+             "| FAQ | role | strict | strict: answered wrongly | refuse | refuse: in-domain refused | targets met |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for name, domain in data["domains"].items():
+        strict, refuse = domain["modes"]["strict"], domain["modes"]["refuse"]
+        met = [f"strict {'yes' if strict['accuracy'] >= t['strict'] else '**no**'}",
+               f"refuse {'yes' if refuse['accuracy'] >= t['refuse'] and refuse['wrongly_refused_in_domain'] <= t['wrongly_refused'] else '**no**'}"]
+        lines.append(f"| {name} | {domain['role'].split(' (')[0]} | {strict['accuracy']:.1%} "
+                     f"| {strict['let_through_wrongly']:.1%} | {refuse['accuracy']:.1%} "
+                     f"| {refuse['wrongly_refused_in_domain']:.1%} | {', '.join(met)} |")
+    lines += ["", "Strict: answered wrongly = a curated answer given for the wrong record or for a question to refuse "
+              "(the rest of its misses are refusals). By kind of probe (correct/total) and the guard's time per question:", "",
+              "| FAQ | mode | by kind | latency p50 |", "|---|---|---|---:|"]
     for name, domain in data["domains"].items():
         for mode, r in domain["modes"].items():
             kinds = ", ".join(f"{k} {v}" for k, v in r["by_kind"].items())
-            lines.append(f"| {name} | {mode} | {r['accuracy']:.1%} | {r['wrongly_refused_in_domain']:.1%} | {kinds} "
-                         f"| {r['latency_ms_p50']:.0f} ms |")
+            lines.append(f"| {name} | {mode} | {kinds} | {r['latency_ms_p50']:.0f} ms |")
     return lines + [""]
 
 

@@ -225,10 +225,12 @@ class Engine:
 def _off_thread(fn, *args, **kwargs):
     """Run `fn` (the guard's embedder) in a thread of its own that ends with it.
 
-    torch's CPU ops run on an OpenMP team owned by the calling thread. Measured here: once any
-    thread other than the batcher's has run a parallel op (the guard's embedder in the caller's
-    thread), the batcher's generation ran at ~20 instead of ~30 tokens/s, for good. A thread
-    that ends takes its team with it; the cost is well under a millisecond per question."""
+    The embedder's parallel regions run on an OpenMP team owned by the calling thread, and a team
+    that outlives its work slows the batcher's generation for good. Measured here with the torch
+    engine answering after a guard decision: 30.5 tokens/s with the guard in a thread of its own,
+    23.7 with the multilingual-e5 guard in the caller's thread (and ~20 against ~30 with the
+    earlier MiniLM guard). A thread that ends takes its team with it; the guard still decides in
+    p50 ~15-20 ms per question (bench/inference_speed.py)."""
     out: dict = {}
 
     def run():

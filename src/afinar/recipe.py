@@ -78,7 +78,7 @@ class TrainConfig(_Section):
 class GuardConfig(_Section):
     mode: Literal["auto", "off", "refuse", "strict"] = Field(
         "auto", description="'refuse': out-of-domain questions get the refusal; 'strict': only curated answers; 'auto': refuse when a refusal is set, else off.")
-    threshold: float | None = Field(None, description="In-domain score threshold for both refuse and strict mode (scores are 0-1); unset: calibrated from the training data.")
+    threshold: float | None = Field(None, description="In-domain score threshold for both refuse and strict mode (scores are at most 1; calibrated thresholds are about 0.78, see runs/<name>/guard/guard.json); unset: calibrated from the training data.")
 
     @field_validator("mode", mode="before")
     @classmethod
