@@ -33,7 +33,7 @@ import numpy as np
 from afinar.guard.injection import asks_for_instructions, strip_injection
 from afinar.guard.text import IdfIndex, terms
 
-# Weights of the four signals (see the module docstring); a score is their weighted mean.
+# Weights of the three signals (see the module docstring); a score is their weighted mean.
 PASSAGE_WEIGHT, QUESTION_WEIGHT, COVERAGE_WEIGHT = 1.0, 0.25, 0.10
 GUARD_VERSION = 4
 # Calibration (see `calibrate`): quantiles of the out-of-domain questions' scores.
@@ -114,7 +114,8 @@ class DomainGuard:
             return Decision(False, 0.0, None, "empty", _ms(start))
         row = self.matrix([text])[0]
         best = int(row.argmax())
-        score, runner_up = float(row[best]), float(np.partition(row, -2)[-2]) if len(row) > 1 else -1.0
+        score = float(row[best])
+        runner_up = float(np.partition(row, -2)[-2]) if len(row) > 1 else -1.0
         threshold = self.thresholds.strict if mode == "strict" else self.thresholds.refuse
         inside = score >= threshold
         record = self.records[best]
