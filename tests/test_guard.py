@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from afinar.guard.guard import GUARD_VERSION, MIN_THRESHOLD, DomainGuard, Record
+from afinar.guard.guard import GUARD_VERSION, MIN_THRESHOLD, DomainGuard, Record, Thresholds
 from afinar.guard.injection import asks_for_instructions, strip_injection
 from afinar.guard.text import IdfIndex, normalise, synonym_groups, synonyms, terms
 
@@ -111,17 +111,35 @@ def test_guard_routes_refuses_and_calibrates(tmp_path):
     assert again.thresholds == guard.thresholds and again.check("cuanto cuesta el carne", "strict").record.source == "2"
 
 
-def test_strict_mode_refuses_when_two_records_are_too_close_to_tell_apart():
-    """A wrong curated answer is worse than a refusal: strict refuses a tie, refuse mode answers it."""
-    # record 4 differs from record 2 only by its price: nothing in the question tells them apart
-    records = RECORDS + [Record(["¿Cuánto cuesta el carné?"], "El carné es gratuito; el duplicado cuesta 6 soles.", "4")]
-    guard = DomainGuard(records, FakeEmbedder())
-    guard.calibrate(NEGATIVES)
-    tie = guard.check("cuanto cuesta el carne", "strict")
-    assert not tie.in_domain and tie.reason == "ambiguous"
-    assert guard.check("cuanto cuesta el carne", "refuse").in_domain
-    clear = guard.check("el duplicado del carne cuesta 6 soles?", "strict")
-    assert clear.in_domain and clear.record.source == "4"
+class TableEmbedder:
+    """Fixed vectors by text, so a test controls every cosine the guard sees."""
+
+    name = "table"
+
+    def __init__(self, vectors):
+        self.vectors = {text: np.asarray(v, dtype=np.float32) / np.linalg.norm(v) for text, v in vectors.items()}
+
+    def queries(self, texts):
+        return np.stack([self.vectors[t] for t in texts])
+
+    passages = queries
+
+
+def test_strict_mode_refuses_a_near_tie_between_topics_but_not_within_one():
+    """A wrong curated answer is worse than a refusal; but a strict tutor has many records on one
+    topic (a dozen on bubble sort), and refusing every near-tie among them refused 9 of its 20
+    in-domain questions."""
+    a, b, c = Record(["Qa"], "A1"), Record(["Qb"], "B1"), Record(["Qc"], "C1")  # a and b share a topic
+    vectors = {"Qa A1": [1, 0, 0, 0], "Qb B1": [0.96, 0.28, 0, 0], "Qc C1": [0, 0, 1, 0],
+               "Qa": [1, 0, 0, 0], "Qb": [0.96, 0.28, 0, 0], "Qc": [0, 0, 1, 0],
+               "zorro pregunta": [1, 0.05, 1, 0],   # as close to a as to c
+               "lince pregunta": [1, 0.13, 0, 0]}   # as close to a as to b
+    guard = DomainGuard([a, b, c], TableEmbedder(vectors), Thresholds(0.1, 0.1))
+    between = guard.check("zorro pregunta", "strict")
+    assert not between.in_domain and between.reason == "ambiguous"
+    assert guard.check("zorro pregunta", "refuse").in_domain  # refuse mode lets the model answer
+    within = guard.check("lince pregunta", "strict")
+    assert within.in_domain and within.record in (a, b)
 
 
 def test_chat_shorthand_and_hyphenated_words_are_normalised():

@@ -48,6 +48,8 @@ _WRAPPERS = [
     r"(desactiv|quit|elimin|apag|disabl|remov)\w* (tus |las |sus |el |los |your |the )?(restricciones|restricciones de dominio|filtros?( de tema)?|limites|reglas|restrictions|filters?)",
     r"(ignor|sal|salte|leave)\w* (de )?(tu|el|su|your) (dominio|tema|rol|domain|topic|role)",
     r"(nuevas?|new) (reglas|instrucciones|ordenes|politica|tarea|rules|instructions|task)",
+    r"(primera|siguiente|proxima|first|next) (tarea|pregunta|orden|task|question)",
+    r"(ahora|now) (eres|you are|you re) (un |una |a |an )?(asistente|assistant|ia|ai|bot)( general)?",
 ]
 _WRAPPER = re.compile("|".join(f"(?:{p})" for p in _WRAPPERS))
 # Requests that are refused whatever else the message asks.
