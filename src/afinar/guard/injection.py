@@ -20,19 +20,23 @@ import re
 
 from afinar.guard.text import normalise, terms
 
-# Phrases that carry no request of their own (matched on normalised, accent-free text).
+# Phrases that carry no request of their own (matched on normalised, accent-free text in which
+# the marker characters of fake headers, `SYSTEM:`, `### Instrucción`, `[ADMIN]`, `<|im_start|>`,
+# stay as words of their own: see `_plain`).
 _WRAPPERS = [
     r"(ignora|olvida|omite|descarta|salta(te)?)\w* (todas? )?(tus|las|sus|mis)? ?(instrucciones|reglas|indicaciones|restricciones|normas)( anteriores| previas| de antes| del sistema)?",
     r"(ignora|olvida)\w* (todo )?(lo )?(anterior|de antes|que te dijeron)",
     r"(ignore|forget|disregard)( all| any)?( of)?( your| the| previous| prior| above)* (instructions|rules|prompts?|guidelines)",
     r"(system|sistema|admin|developer|desarrollador)\s*(prompt)?\s*(override)?\s*[:>]",
-    r"(modo|mode) (desarrollador|developer|dios|god|sin restricciones|libre|dan)( activado| enabled| on)?",
+    r"(modo|mode) (desarrollador|developer|dios|god|sin restricciones|libre|dan|depuracion|debug|administrador|admin|mantenimiento)( activado| enabled| on)?",
     r"(developer|dev|debug|god|dan) mode( on| enabled| activated| activado)?",
     r"(you are|you re|eres|ahora eres) (now )?(dan|un asistente sin restricciones|an unrestricted)\w*",
     r"(actua|act|finge|pretend|haz de cuenta|imagina)\w* (como|as|que eres|to be|que)",
     r"(a partir de ahora|from now on|desde ahora)",
-    r"### ?(instruccion|instruction|system|sistema)",
-    r"(olvida|olvidate de|forget)( que)? (eres|you are) (un |una |an? )?(asistente|assistant|bot|ia|ai)\w*",
+    r"(# ?){2,}(\w+ ){0,3}(instruccion|instruction|system|sistema)",
+    r"(< ?){1,2}(\| ?)?(im start|im end|eot id|start header id|end header id|begin of text|sys|inst|system|user|assistant|faq|s)( ?\|)?( ?>){1,2}",
+    r"(olvida|olvidate de|forget)( que)? (eres|you are|you re) (un |una |el |la |an? |the )?\w+( de \w+)?",
+    r"(soy|i am|i m) (el |la |tu |your |the )?(desarrollador|programador|creador|administrador|admin|developer|programmer|creator)\w*( (que te \w+|who \w+ you))?",
     r"(responde|contesta|habla|answer|respond|speak)\w* (sin (restricciones|filtros|limites|reglas)|without (restrictions|filters|limits|rules))",
     r"(habla|responde|contesta|escribe|talk|speak|answer)\w* (como|like|as) (un |una |a |an )?(pirata|pirate|robot|vaquero|cowboy|nino|child)",
     r"(admin|administrator|administrador|system|sistema)? ?override",
@@ -52,23 +56,30 @@ _WRAPPERS = [
     r"(ahora|now) (eres|you are|you re) (un |una |a |an )?(asistente|assistant|ia|ai|bot)( general)?",
 ]
 _WRAPPER = re.compile("|".join(f"(?:{p})" for p in _WRAPPERS))
+_MARKERS = re.compile(r"([:#<>\[\]|])")
 # Requests that are refused whatever else the message asks.
 _LEAK = re.compile(
     r"(revela|muestra|muestrame|dime|repite|imprime|escribe|copia|cuales son|show|reveal|print|repeat|tell me|what (is|are)) "
-    r"(\w+ ){0,4}(prompt|instrucciones|instructions|reglas internas|configuracion interna|system message|mensaje de sistema|lo anterior|everything above|todo lo anterior)"
+    r"(\w+ ){0,4}(prompt|instrucciones|instructions|reglas internas|configuracion interna|system message|mensaje de sistema|lo anterior|everything above|todo lo anterior"
+    r"|texto (\w+ ){0,2}(anterior|antes de este mensaje)|text above|above this message)"
 )
 
 
 def strip_injection(text: str) -> tuple[str, bool]:
     """(what the message asks once wrapper phrases are removed, whether any were found)."""
-    plain = normalise(" ".join(ln for ln in text.splitlines() if ln.strip()))
+    plain = _plain(text)
     matches = list(_WRAPPER.finditer(plain))
     if not matches:
-        return plain, False
+        return normalise(plain), False
     request = _WRAPPER.sub(" ", plain[matches[-1].end():])
     if not terms(request):  # nothing after the last wrapper: the question came before it
         request = _WRAPPER.sub(" ", plain)
-    return re.sub(r"\s+", " ", request).strip(), True
+    return normalise(request), True
+
+
+def _plain(text: str) -> str:
+    """`normalise`d text, with the marker characters of fake headers kept as words of their own."""
+    return " ".join(part if _MARKERS.fullmatch(part) else normalise(part) for part in _MARKERS.split(text) if part.strip())
 
 
 def asks_for_instructions(text: str) -> bool:
