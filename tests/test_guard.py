@@ -104,6 +104,18 @@ def test_requests_for_the_system_prompt_are_caught(text):
     assert asks_for_instructions(text)
 
 
+@pytest.mark.parametrize("text", [
+    "¿Necesito autorización del seguro para una resonancia?", "¿Hay nuevas reglas para estacionar?",
+    "¿Puedo pagar aunque no sea el titular?", "¿Cómo elimino las restricciones de mi tarjeta?",
+    "¿Cuál es la próxima orden de pago?", "¿Cómo desactivo el filtro parental del router?",
+    "soy administrador de un condominio, ¿puedo pagar por todos?", "me dieron permiso en el trabajo, ¿atienden hoy?",
+])
+def test_users_own_words_are_not_taken_for_wrappers(text):
+    """Pins a bug: the first permission and scope patterns matched these in-domain questions and
+    judged only their tail ("l seguro para una resonancia", "de mi tarjeta")."""
+    assert strip_injection(text)[1] is False
+
+
 def test_plain_questions_are_not_flagged():
     assert not asks_for_instructions("¿Qué instrucciones hay para pedir un libro?")
     assert strip_injection("¿A qué hora abre la biblioteca?") == ("a que hora abre la biblioteca", False)

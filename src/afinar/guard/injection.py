@@ -28,7 +28,7 @@ _WRAPPERS = [
     r"(ignora|olvida)\w* (todo )?(lo )?(anterior|de antes|que te dijeron)",
     r"(ignore|forget|disregard)( all| any)?( of)?( your| the| previous| prior| above)* (instructions|rules|prompts?|guidelines)",
     r"(system|sistema|admin|developer|desarrollador)\s*(prompt)?\s*(override)?\s*[:>]",
-    r"(modo|mode) (desarrollador|developer|dios|god|sin restricciones|libre|dan|depuracion|debug|administrador|admin|mantenimiento)( activado| enabled| on)?",
+    r"(modo|mode) (desarrollador|developer|dios|god|sin restricciones|libre|dan|depuracion|debug)( activado| enabled| on)?",
     r"(developer|dev|debug|god|dan) mode( on| enabled| activated| activado)?",
     r"(you are|you re|eres|ahora eres) (now )?(dan|un asistente sin restricciones|an unrestricted)\w*",
     r"(actua|act|finge|pretend|haz de cuenta|imagina)\w* (como|as|que eres|to be|que)",
@@ -36,23 +36,27 @@ _WRAPPERS = [
     r"(# ?){2,}(\w+ ){0,3}(instruccion|instruction|system|sistema)",
     r"(< ?){1,2}(\| ?)?(im start|im end|eot id|start header id|end header id|begin of text|sys|inst|system|user|assistant|faq|s)( ?\|)?( ?>){1,2}",
     r"(olvida|olvidate de|forget)( que)? (eres|you are|you re) (un |una |el |la |an? |the )?\w+( de \w+)?",
-    r"(soy|i am|i m) (el |la |tu |your |the )?(desarrollador|programador|creador|administrador|admin|developer|programmer|creator)\w*( (que te \w+|who \w+ you))?",
+    r"(soy|i am|i m) (tu|your) (desarrollador|programador|creador|administrador|admin|developer|programmer|creator)\w*",
+    r"(soy|i am|i m) (el|la|the) (desarrollador|programador|creador|developer|programmer|creator)\w* (que te \w+|de este bot|who \w+ you|of this bot)",
     r"(responde|contesta|habla|answer|respond|speak)\w* (sin (restricciones|filtros|limites|reglas)|without (restrictions|filters|limits|rules))",
     r"(habla|responde|contesta|escribe|talk|speak|answer)\w* (como|like|as) (un |una |a |an )?(pirata|pirate|robot|vaquero|cowboy|nino|child)",
     r"(admin|administrator|administrador|system|sistema)? ?override",
     r"(juguemos|vamos a jugar|let s play)( a)? (un )?(juego|game|rol|role)",
     r"antes de (responder|contestar)|before (answering|you answer)",
-    # claimed permissions and scope releases
-    r"(te |me )?(autoriz\w*|dio permiso|dieron permiso|da permiso|allows? you|authori[sz]\w*)( a| to)?( (responder|contestar|hablar|answer|talk))?( (de|sobre|about))? ?(cualquier cosa|de todo|todo|lo que sea|anything|everything)?",
-    r"(aunque|even if|even though) (no )?(sea|tenga que ver|este relacionad\w*|it s not|it is not|is not)( (de|con|sobre|about|related to))?( (la|el|los|las|tu|su|the))?( \w+)?",
+    # claimed permissions and scope releases; each needs the shape of a message to the assistant
+    # ("te autoriza a", "me autorizó:", "aunque no sea de..."), as users ask about their own
+    # "autorización", "restricciones" or "nuevas reglas" in earnest
+    r"(te|you) (autoriz\w*|da permiso|dan permiso|permit\w*|allows?|authori[sz]\w*)( a| to)?( (responder|contestar|hablar|answer|talk|respond))?( (de|sobre|about))? ?(cualquier cosa|de todo|todo|lo que sea|anything|everything)?",
+    r"(me|nos) (autoriz\w*|dio permiso|dieron permiso|dio autorizacion) :",
+    r"(aunque no|even if it s not|even if it is not|even though it s not) (sea|es|tenga que ver|este relacionad\w*|related) (de|con|sobre|about|to)( (la|el|los|las|tu|su|the))?( \w+)?",
     r"(ya )?no (estas|estes|eres) (limitad|restringid)\w*( (a|al|solo a|to))?( (la|el|los|las|the))?( \w+)?",
     r"(demostrar|demuestra|prueba|probar|prove)( que| that)? (no eres|you re not|you are not) (un |una |a )?(bot|asistente|ia|robot|assistant|ai)( limitad\w*| limited)?",
-    r"(saben|sabes|sabe|knows?) (de )?(todo|everything)",
+    r"(saben|sabes|sabe) de todo|knows? everything",
     r"(prueba|test|auditoria)( de seguridad)? autorizad\w*",
-    r"(desactiv|quit|elimin|apag|disabl|remov)\w* (tus |las |sus |el |los |your |the )?(restricciones|restricciones de dominio|filtros?( de tema)?|limites|reglas|restrictions|filters?)",
-    r"(ignor|sal|salte|leave)\w* (de )?(tu|el|su|your) (dominio|tema|rol|domain|topic|role)",
-    r"(nuevas?|new) (reglas|instrucciones|ordenes|politica|tarea|rules|instructions|task)",
-    r"(primera|siguiente|proxima|first|next) (tarea|pregunta|orden|task|question)",
+    r"(desactiva|quita|elimina|apaga|disable|remove|turn off)( tus| las| sus| el| los| your| the)? (restricciones|filtros?|limites|reglas|restrictions|filters?|rules)( de (tema|dominio))?",
+    r"(ignora|ignores|ignore|sal|salte|salir|leave) (de )?(tu|el|su|your) (dominio|tema|rol|domain|topic|role)",
+    r"(nuevas?|new) (reglas|instrucciones|ordenes|politica|tarea|rules|instructions|task) :",
+    r"(primera|siguiente|proxima|first|next) (tarea|pregunta|orden|task|question) :",
     r"(ahora|now) (eres|you are|you re) (un |una |a |an )?(asistente|assistant|ia|ai|bot)( general)?",
 ]
 _WRAPPER = re.compile("|".join(f"(?:{p})" for p in _WRAPPERS))
@@ -71,7 +75,7 @@ def strip_injection(text: str) -> tuple[str, bool]:
     matches = list(_WRAPPER.finditer(plain))
     if not matches:
         return normalise(plain), False
-    request = _WRAPPER.sub(" ", plain[matches[-1].end():])
+    request = plain[matches[-1].end():]
     if not terms(request):  # nothing after the last wrapper: the question came before it
         request = _WRAPPER.sub(" ", plain)
     return normalise(request), True
