@@ -43,7 +43,7 @@ class E5Embedder:
     def _encode(self, texts: list[str], query: bool) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.model.dim), dtype=np.float32)
-        return np.asarray(self.model.encode(list(texts), is_query=query), dtype=np.float32).reshape(len(texts), -1)
+        return self.model.encode(list(texts), is_query=query)  # a list in, [n, dim] float32 out
 
 
 @lru_cache(maxsize=1)
