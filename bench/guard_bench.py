@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
 
 
 def _embedder_name() -> str:
-    from afinar.guard import load_embedder
+    from afinar.index import load_embedder
 
     return load_embedder().name
 
@@ -69,7 +69,7 @@ def _embedder_name() -> str:
 def run_domain(name: str, paraphrases: int) -> dict:
     from afinar.data import check_data
     from afinar.data.augment import bundled_negatives, paraphrase
-    from afinar.guard import DomainGuard, Record, load_embedder
+    from afinar.index import DomainGuard, Record, load_embedder
 
     report = check_data([HERE / "guard_data" / f"{name}_faq.csv"])
     rng = random.Random(0)

@@ -84,7 +84,7 @@ def worker(kind: str, run_dir: Path) -> dict:
     import torch
 
     from afinar.chat_template import render_prompt, with_system
-    from afinar.generation import read_run
+    from afinar.models import read_run
 
     recipe, tokenizer, adapter = read_run(run_dir)
     question = question_for(tokenizer, recipe)
@@ -121,7 +121,7 @@ def worker(kind: str, run_dir: Path) -> dict:
     elif kind.startswith("llamacpp-"):
         from llama_cpp import Llama
 
-        from afinar.llamacpp import ensure_gguf
+        from afinar.assistant.llamacpp import ensure_gguf
 
         llm = Llama(model_path=str(ensure_gguf(run_dir, recipe, kind.split("-", 1)[1])), n_ctx=0,
                     n_threads=os.cpu_count(), n_batch=512, verbose=False)
@@ -137,7 +137,7 @@ def worker(kind: str, run_dir: Path) -> dict:
                     return n
             return n
     else:
-        from afinar.engine import Engine
+        from afinar.assistant.engine import Engine
 
         # the recipe's guard mode (refuse): the guard decides before every reply, as users get it
         engine = Engine([run_dir], backend=kind.split("-", 1)[1], log=lambda *a: print(*a, file=sys.stderr))
@@ -248,8 +248,8 @@ def main(argv=None) -> None:
     if len(kinds) < len(CONTENDERS):
         print("llama-cpp-python is not installed: the llama.cpp contenders are skipped (pip install llama-cpp-python)")
     if any("llamacpp" in k for k in kinds):  # exported before timing anything, with the export's own checks
-        from afinar.generation import read_run
-        from afinar.llamacpp import ensure_gguf
+        from afinar.models import read_run
+        from afinar.assistant.llamacpp import ensure_gguf
 
         recipe = read_run(run_dir)[0]
         for qtype in ("f16", "q8_0"):

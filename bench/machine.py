@@ -88,8 +88,8 @@ def quick_demo_run() -> Path:
     serve with (the weights do not change what generating costs)."""
     import tempfile
 
-    from afinar.demo import demo_recipe_path
-    from afinar.recipe import load_recipe
+    from afinar.cli.demo import demo_recipe_path
+    from afinar.recipes import load_recipe
     from afinar.training import train
 
     out = Path(tempfile.mkdtemp(prefix="afinar-bench-run-"))

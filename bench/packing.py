@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 
 
 def worker(recipe_dir: str, packing: str) -> None:
-    from afinar.recipe import load_recipe
+    from afinar.recipes import load_recipe
     from afinar.training import train
 
     recipe = load_recipe(Path(recipe_dir) / "r.yaml", [f"train.packing={packing}", f"name=pack-{packing}"])

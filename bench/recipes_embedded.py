@@ -34,7 +34,7 @@ def run_recipe(stem: str, previous: dict | None = None) -> dict:
     if previous is None:
         subprocess.run(train, cwd=ROOT, check=True)
     train_s = time.time() - start if previous is None else previous["train_seconds"]
-    from afinar.recipe import load_recipe
+    from afinar.recipes import load_recipe
 
     run_dir = WORK / load_recipe(recipe).name
     evaluate = [sys.executable, "-m", "afinar.cli", "eval", str(run_dir.relative_to(ROOT)), "--no-progress"]

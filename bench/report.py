@@ -121,7 +121,7 @@ def serve_section(data: dict | None) -> list[str]:
             data["markdown"], "",
             "max batch 1: replies generated one at a time (the time to first token is the wait in the queue); "
             "16 (the default): replies asked at the same time are generated in one left-padded batch, each still "
-            "streamed to its own client (src/afinar/batcher.py). Guard refusals never wait for the model. RSS grows "
+            "streamed to its own client (src/afinar/assistant/batcher.py). Guard refusals never wait for the model. RSS grows "
             "during warm-up (allocator pools, KV caches of new shapes) and then levels off; the RSS every 5 s is in "
             "bench/results/serve_load.json.", ""]
 

@@ -57,7 +57,7 @@ def transcripts(n: int) -> list[dict]:
 
 def worker(spec: dict) -> dict:
     import afinar.training.loop as loop
-    from afinar.recipe import validate_recipe
+    from afinar.recipes import validate_recipe
     from afinar.training.runtime import resolve_setup
 
     recipe = validate_recipe(spec["recipe"], "bench", Path(spec["workdir"]))

@@ -454,7 +454,7 @@ def worker_afinar(recipe, data_dir: Path) -> dict:
 def run_worker(args) -> None:
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # libraries and afinar's log print; stdout carries only the JSON
-    from afinar.recipe import validate_recipe
+    from afinar.recipes import validate_recipe
 
     raw = json.loads(Path(args.recipe_json).read_text(encoding="utf-8"))
     recipe = validate_recipe(raw, "bench", Path(args.recipe_json).parent)
@@ -517,7 +517,7 @@ def nominal_flops(lengths: list[int], shape: dict) -> float:
 def bench_dataset(name: str, args, workdir: Path, peak_gflops: float) -> dict | None:
     from afinar.data import prepare_data
     from afinar.models import load_tokenizer
-    from afinar.recipe import validate_recipe
+    from afinar.recipes import validate_recipe
 
     rows = dataset_rows(name, args.examples)
     if rows is None:

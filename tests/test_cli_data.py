@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from conftest import write
 
 from afinar.cli import main
-from afinar.recipe import load_recipe
+from afinar.recipes import load_recipe
 
 
 def run(*args):

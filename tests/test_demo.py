@@ -1,6 +1,6 @@
 """`afinar demo` end to end on the tiny model: every step runs and reports."""
 
-from afinar.demo import run_demo
+from afinar.cli.demo import run_demo
 
 
 def test_demo_runs_every_step(tmp_path, tiny_model_dir, capsys):

@@ -123,7 +123,7 @@ def probe(tmp_path):
 
 def test_batched_generation_equals_one_at_a_time(run_dir):
     """Left padding must not change greedy answers (fp32 tiny model: exactly equal)."""
-    from afinar.generation import generate_answer, generate_batch, load_run
+    from afinar.assistant.generation import generate_answer, generate_batch, load_run
 
     run = load_run(run_dir)
     convs = [[{"role": "user", "content": q}] for q in ("¿Qué es la pila 1?", "hola", "¿Qué es una pila larga y cuándo se usa?")]
@@ -142,8 +142,11 @@ def test_eval_writes_report_with_the_run_figures(run_dir, probe, tmp_path):
     assert report["loss"]["tuned"]["eval_loss"] == pytest.approx(summary["best_eval_loss"], abs=1e-3)
     assert report["loss"]["base"]["eval_loss"] == pytest.approx(summary["base_eval_loss"], abs=1e-3)
     assert report["loss"]["tuned"]["eval_loss"] < report["loss"]["base"]["eval_loss"]
-    assert set(report["summary"]) == {"held_out", "probe"}
-    assert set(report["summary"]["probe"]) == {"tuned/off", "tuned/refuse", "tuned/strict", "base/off"}
+    assert {"held_out", "probe"} <= set(report["summary"]) <= {"held_out", "probe", "probe_trained", "probe_held_out"}
+    grounded_modes = {f"{c}/{m}" for c in ("tuned", "ungrounded") for m in ("off", "refuse", "strict")}
+    assert set(report["summary"]["probe"]) == grounded_modes | {"base/off"}  # grounded run: also its answers without records
+    assert report["grounded"] and all(item["records"] for item in report["items"])  # each question with its records
+    assert all("[1] " in html_text for html_text in [result.html_path.read_text()])
     strict = report["summary"]["probe"]["tuned/strict"]
     assert strict["out_of_domain_refused"] == 1 and strict["injection_refused"] == 1 and strict["wrongly_refused"] == 0
     assert strict["chrf"] == 100.0  # the curated answer of the matching record is the reference
@@ -167,7 +170,7 @@ def test_eval_against_another_run(run_dir, tmp_path_factory, tiny_model_dir, tmp
     other = train(tiny_recipe(root, tiny_model_dir, "name=otra", "train.max_steps=1", f"train.output_dir={root / 'runs'}"),
                   progress=False).run_dir
     report = evaluate(run_dir, against=str(other), limit=3, out_dir=tmp_path / "ev", progress=False, log=lambda *a: None).report
-    assert [c["name"] for c in report["contestants"]] == ["tuned", "otra"]
+    assert [c["name"] for c in report["contestants"]] == ["tuned", "otra", "ungrounded"]
     assert "otra/strict" in report["summary"]["held_out"]  # the other run is judged with its own guard too
     assert report["loss"]["otra"]["eval_loss"] != report["loss"]["tuned"]["eval_loss"]
 

@@ -8,9 +8,9 @@ from conftest import build_tiny_model
 from test_runtime import runs  # noqa: F401 (fixture: two tiny trained runs)
 from test_train import tiny_recipe
 
-from afinar.engine import Engine
+from afinar.assistant.engine import Engine
 from afinar.errors import AfinarError
-from afinar.llamacpp import LlamaCppGenerator
+from afinar.assistant.llamacpp import LlamaCppGenerator
 from afinar.training import compiled
 from afinar.training.runtime import decide_compile, resolve_setup
 
@@ -175,7 +175,7 @@ def test_llamacpp_engine_answers_like_the_torch_engine(runs):  # noqa: F811
 
 def test_skipping_the_adapters_input_cast_changes_no_number(tmp_path, tiny_model_dir):
     """Under bf16 autocast peft's cast to fp32 is undone by autocast at once: skipping it is free."""
-    from afinar.training.loop import _keep_input_dtype
+    from afinar.training.lora import keep_input_dtype
     from afinar.training.lora import attach_lora, load_base
     from afinar.training.loss import AnswerOnlyLM
 
@@ -187,7 +187,7 @@ def test_skipping_the_adapters_input_cast_changes_no_number(tmp_path, tiny_model
     ids = torch.randint(3, 300, (2, 9))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         before = AnswerOnlyLM(model)(input_ids=ids, labels=ids)
-        _keep_input_dtype(model)
+        keep_input_dtype(model)
         after = AnswerOnlyLM(model)(input_ids=ids, labels=ids)
     assert next(p for p in model.parameters() if p.requires_grad).dtype == torch.float32  # adapters stay fp32
     assert torch.equal(before, after)
@@ -196,11 +196,11 @@ def test_skipping_the_adapters_input_cast_changes_no_number(tmp_path, tiny_model
 def test_compile_counts_only_the_tokens_a_run_will_train(tmp_path, tiny_model_dir):
     from types import SimpleNamespace
 
-    from afinar.training.loop import _tokens_to_train
+    from afinar.training.examples import tokens_to_train
 
     examples = [SimpleNamespace(input_ids=[0] * 10)] * 8  # 2 steps per epoch at batch 4
-    assert _tokens_to_train(tiny_recipe(tmp_path, tiny_model_dir, "train.epochs=3"), examples) == 240
-    assert _tokens_to_train(tiny_recipe(tmp_path, tiny_model_dir, "train.epochs=3", "train.max_steps=1"), examples) == 40
+    assert tokens_to_train(tiny_recipe(tmp_path, tiny_model_dir, "train.epochs=3"), examples) == 240
+    assert tokens_to_train(tiny_recipe(tmp_path, tiny_model_dir, "train.epochs=3", "train.max_steps=1"), examples) == 40
 
 
 def test_the_guard_runs_in_a_thread_that_ends_with_it(runs):  # noqa: F811

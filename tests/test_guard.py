@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from afinar.guard.guard import GUARD_VERSION, MIN_THRESHOLD, DomainGuard, Record, Thresholds
-from afinar.guard.injection import asks_for_instructions, strip_injection
-from afinar.guard.text import IdfIndex, normalise, synonym_groups, synonyms, terms
+from afinar.index.guard import GUARD_VERSION, MIN_THRESHOLD, DomainGuard, Record, Thresholds
+from afinar.index.injection import asks_for_instructions, strip_injection
+from afinar.index.text import IdfIndex, normalise, synonym_groups, synonyms, terms
 
 
 class FakeEmbedder:
@@ -227,7 +227,7 @@ def test_a_guard_embedded_by_another_model_is_not_loaded(tmp_path):
 
 
 def test_the_real_embedder_gives_normalised_multilingual_vectors():
-    from afinar.guard import load_embedder
+    from afinar.index import load_embedder
 
     embedder = load_embedder()
     q = embedder.queries(["¿A qué hora abre la biblioteca?", "What time does the library open?", "Receta de pollo al horno"])
@@ -244,7 +244,7 @@ def test_run_records_put_the_curated_question_first(tmp_path):
     record's main question (the one embedded with its answer)."""
     import json
 
-    from afinar.guard.store import records_from_run
+    from afinar.index.store import records_from_run
 
     def row(question, kind):
         return json.dumps({"messages": [{"role": "user", "content": question},
@@ -260,7 +260,7 @@ def test_run_records_put_the_curated_question_first(tmp_path):
 def test_a_run_without_its_data_gets_a_clear_error_not_a_traceback(tmp_path):
     """Pins a bug: `afinar ask` on a run folder copied without data/ crashed in numpy (matmul shape)."""
     from afinar.errors import AfinarError
-    from afinar.guard.store import load_run_guard
+    from afinar.index.store import load_run_guard
 
     with pytest.raises(AfinarError, match=r"no training records.*data/train\.jsonl.*--mode off"):
         load_run_guard(tmp_path, FakeEmbedder())
@@ -270,7 +270,7 @@ def test_questions_like_the_datasets_own_refusal_examples_are_refused(tmp_path):
     """Pins a bug: the strict tutor's CSV answers off-topic questions with the refusal sentence;
     those rows became a record, and strict mode returned the refusal as a curated answer, not
     marked as refused."""
-    from afinar.guard.store import build_run_guard
+    from afinar.index.store import build_run_guard
 
     refusal = "Solo hablo de burbuja."
     rows = [("¿Qué es el ordenamiento burbuja?", "Compara pares vecinos y los intercambia."),

@@ -2,9 +2,9 @@
 
 import pytest
 
-from afinar.demo import demo_recipe_path
-from afinar.generation import generate_answer, load_run
-from afinar.recipe import load_recipe
+from afinar.cli.demo import demo_recipe_path
+from afinar.assistant.generation import generate_answer, load_run
+from afinar.recipes import load_recipe
 from afinar.training import train
 
 pytestmark = pytest.mark.integration
@@ -71,3 +71,43 @@ def test_embedded_exports_agree_with_the_adapter(tmp_path, embedded):
     parsed = parse_modelfile(ollama.path.read_text())
     assert parsed["parameters"]["stop"][0] == "<|im_end|>" and "<|im_start|>assistant" in parsed["template"]
     assert (ollama.path.parent / parsed["from"].removeprefix("./")).stat().st_size > 100e6
+
+
+FAQ = [("¿A qué hora abre la piscina municipal?", "La piscina abre de 7:00 a 21:00 de lunes a sábado."),
+       ("¿Cuánto cuesta la entrada a la piscina?", "La entrada general cuesta 12 soles y la de niños 6 soles."),
+       ("¿Dónde queda la piscina?", "Estamos en la avenida Arequipa 2450, junto al estadio."),
+       ("¿Necesito gorro para nadar?", "Sí, el gorro de baño es obligatorio; se vende en recepción a 15 soles."),
+       ("¿Hay clases de natación para niños?", "Sí, los sábados a las 9:30 para niños de 5 a 12 años."),
+       ("¿Cuál es el teléfono de la piscina?", "Puedes llamarnos al 01 428 7755 en horario de atención."),
+       ("¿Hay casilleros?", "Sí, hay 80 casilleros; el candado cuesta 3 soles."),
+       ("¿Se puede pagar con tarjeta?", "Aceptamos tarjeta y Yape en la caja de la entrada."),
+       ("¿Cuánto dura la membresía mensual?", "La membresía dura 30 días y cuesta 95 soles."),
+       ("¿Tienen estacionamiento?", "Sí, el estacionamiento es gratuito por 2 horas."),
+       ("¿Qué temperatura tiene el agua?", "El agua se mantiene a 28 grados todo el año."),
+       ("¿Hay salvavidas?", "Siempre hay 4 salvavidas certificados en turno.")]
+
+
+def test_embedded_grounded_answer_states_a_fact_of_a_record_held_out_from_training(tmp_path, embedded):
+    """Issue 17: a record the model never trained on is answered with its own fact, from the index."""
+    import json
+    import re
+
+    from afinar.assistant.engine import Engine
+    from conftest import write
+
+    write(tmp_path / "faq.csv", "pregunta;respuesta\n" + "".join(f"{q};{a}\n" for q, a in FAQ))
+    write(tmp_path / "r.yaml", "name: piscina\nbase_model: embedded\nsystem_prompt: Eres el asistente de la piscina.\n"
+          "refusal: Lo siento, solo sé de la piscina.\ndata: {files: [faq.csv], eval_fraction: 0.25, paraphrases: 0}\n"
+          "grounding: {on_unfaithful: flag}\n"  # the model's own words, never replaced
+          f"train: {{max_steps: 4, batch_size: 4, output_dir: {tmp_path / 'runs'}}}\n")
+    run = train(load_recipe(tmp_path / "r.yaml"), progress=False).run_dir
+    held = [json.loads(line) for line in (run / "data" / "eval.jsonl").read_text().splitlines()]
+    held = [(r["messages"][-2]["content"], r["messages"][-1]["content"]) for r in held if r.get("kind") != "negative"]
+    assert held and not any(a in (run / "data" / "train.jsonl").read_text() for _, a in held)
+    engine = Engine([run], mode="refuse")
+    right = 0
+    for question, answer in held:
+        reply = engine.reply([{"role": "user", "content": question.strip("¿?").lower()}], max_new_tokens=40)
+        fact = re.search(r"\d+(?::\d+)?", answer).group()
+        right += not reply.refused and fact in reply.answer and reply.sources[0]["question"] == question
+    assert right >= len(held) - 1, f"{right} of {len(held)} held-out records answered with their fact"

@@ -10,7 +10,7 @@ from afinar.data.augment import bundled_negatives, language, paraphrase
 from afinar.data.prepare import load_prepared, prepare_data, split_examples
 from afinar.data.schemas import Example
 from afinar.errors import DataError
-from afinar.recipe import load_recipe
+from afinar.recipes import load_recipe
 
 
 def make_recipe(tmp_path, rows, extra=""):

@@ -5,7 +5,7 @@ import yaml
 from conftest import write
 
 from afinar.errors import RecipeError
-from afinar.recipe import field_docs, load_recipe, parse_overrides
+from afinar.recipes import field_docs, load_recipe, parse_overrides
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from click.testing import CliRunner
 from conftest import save_tiny_model
 
 from afinar.cli import main
-from afinar.recipe import load_recipe
-from afinar.recipes_catalog import check_gpu_settings, list_recipes, recipes_dir
+from afinar.recipes import load_recipe
+from afinar.recipes.catalog import check_gpu_settings, list_recipes, recipes_dir
 
 RECIPES = sorted(recipes_dir().glob("*.yaml"))
 SEEDS = {"historias-usuario": "Mistral-7B", "banco-faq": "Llama-2-7b", "tutor-algoritmos": "phi-2", "tutor-sql": "phi-2",

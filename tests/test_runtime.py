@@ -7,10 +7,10 @@ from click.testing import CliRunner
 from test_train import two_tiny_runs
 
 from afinar.cli import main
-from afinar.engine import Engine
+from afinar.assistant.engine import Engine
 from afinar.errors import AfinarError
-from afinar.interview import assemble
-from afinar.recipe import InterviewConfig
+from afinar.assistant.interview import assemble
+from afinar.recipes import InterviewConfig
 
 REFUSAL = "Solo pilas."
 
@@ -29,8 +29,10 @@ def ask(*args, input=None):
 
 def test_ask_json_shape(runs):
     data = json.loads(ask(runs[0], "¿Qué es la pila 3?", "--json", "--max-new-tokens", "4", "--mode", "off"))
-    assert set(data) == {"answer", "refused", "mode", "adapter", "source", "score", "latency_ms"}
+    assert set(data) == {"answer", "refused", "mode", "adapter", "source", "score", "latency_ms", "sources", "invented",
+                         "unsupported", "replaced"}
     assert data["refused"] is False and data["mode"] == "off" and data["latency_ms"] > 0
+    assert data["sources"][0]["question"] == "¿Qué es la pila 3?"  # grounded even with the guard off
 
 
 def test_ask_reads_questions_from_stdin(runs):
@@ -74,7 +76,7 @@ def test_chat_commands_switch_adapters_and_reset(runs):
     assert engine.names == ["tiny", "otra"]
     lines = iter(["que es la pila 2", "/adapters", "/adapter otra", "/adapter nadie", "/reset", "¿Quién ganó el mundial?", "/exit"])
     written, notes = [], []
-    from afinar.chat import run_chat
+    from afinar.cli.chat import run_chat
 
     run_chat(engine, lambda: next(lines), written.append, notes.append)
     assert "Una pila 2 es LIFO." in "".join(written)
@@ -101,7 +103,7 @@ def test_interview_assembly():
 
 
 def test_interview_runs_through_the_engine(runs, monkeypatch):
-    from afinar.chat import run_interview
+    from afinar.cli.chat import run_interview
 
     engine = Engine([runs[0]], "strict")
     engine.persona().recipe.interview = InterviewConfig(questions=["¿Qué pila?"], template="que es la pila {1}")

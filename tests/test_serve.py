@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from test_train import two_tiny_runs
 
-from afinar.engine import Engine
+from afinar.assistant.engine import Engine
 from afinar.serving.api import ServeLimits, create_app
 
 REFUSAL = "Solo pilas."
@@ -51,6 +51,17 @@ def test_plain_completion_and_guard_refusal(client):
     refused = client.post("/v1/chat/completions", json=ask(OUT_OF_DOMAIN)).json()
     assert refused["choices"][0]["message"]["content"] == REFUSAL and refused["afinar"]["refused"] is True
     assert refused["choices"][0]["finish_reason"] == "stop"
+
+
+def test_grounded_answers_return_their_records_plain_and_streamed(client):
+    body = client.post("/v1/chat/completions", json=ask(IN_DOMAIN)).json()
+    sources = body["afinar"]["sources"]
+    assert sources[0]["question"] == IN_DOMAIN and sources[0]["n"] == 1 and isinstance(body["afinar"]["invented"], list)
+    with client.stream("POST", "/v1/chat/completions", json=ask(IN_DOMAIN, stream=True)) as res:
+        chunks = [json.loads(line[6:]) for line in res.iter_lines() if line.startswith("data: {")]
+    assert chunks[-1]["afinar"]["sources"] == sources  # with the verdict, in the last chunk
+    if chunks[-1]["afinar"]["replaced"]:  # the streamed text invented a fact: the last chunk says what replaces it
+        assert chunks[-1]["afinar"]["answer"] == body["choices"][0]["message"]["content"]
 
 
 def test_streaming_ends_with_done_and_says_when_refused(client):
@@ -228,7 +239,7 @@ def test_client_disconnect_mid_stream_frees_its_slot(server, monkeypatch):
 def test_cancel_event_stops_its_row_only():
     import torch
 
-    from afinar.batcher import Request, _Rows
+    from afinar.assistant.batcher import Request, _Rows
 
     settings = {"max_new_tokens": 5, "eos_token_id": 2}
     cancel = threading.Event()
@@ -281,7 +292,7 @@ def test_studio_routes_check_uploads_and_report_bad_input(engine, tmp_path):
 def test_interview_route_assembles_the_prompt(runs, tmp_path):
     import shutil
 
-    from afinar.recipe import load_recipe
+    from afinar.recipes import load_recipe
 
     run = tmp_path / "entrevista"
     shutil.copytree(runs[0], run)
@@ -300,7 +311,7 @@ def test_a_reply_ending_in_half_a_character_is_still_sent(tiny_tokenizer):
     only of stray bytes reached the client empty."""
     import torch
 
-    from afinar.batcher import Request, _Rows
+    from afinar.assistant.batcher import Request, _Rows
 
     stray = next(i for i in range(len(tiny_tokenizer)) if tiny_tokenizer.decode([i]) == "\ufffd")
     request = Request("a", tiny_tokenizer, "p", {"max_new_tokens": 4, "eos_token_id": tiny_tokenizer.eos_token_id})

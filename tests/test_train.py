@@ -10,7 +10,7 @@ from conftest import write
 from safetensors.torch import load_file
 
 from afinar.errors import AfinarError
-from afinar.recipe import load_recipe
+from afinar.recipes import load_recipe
 from afinar.training import train
 from afinar.training import loop as loop_mod
 from afinar.training.checkpoint import complete_checkpoints, latest_checkpoint

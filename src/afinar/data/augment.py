@@ -4,6 +4,12 @@ Paraphrases: a few hundred examples teach a model the exact wording of each ques
 type differently (no "¿", lower case, a preamble, "pregunta rápida: ..."). Template rewrites in
 the question's language (Spanish or English) add that variety without a model in the loop.
 
+Typed variants (`typed_variant`): how users really type a question in a chat (lower case, no
+accents or "¿", chat shorthand, a dropped letter, or just its key words). Grounded training
+puts them in place of half of the training questions, so the model learns to copy its record
+whatever the question looks like; measured: without them the embedded model echoed informal
+questions back ("descuento estudiante?") instead of answering from the record it was given.
+
 Negatives: out-of-domain questions and injection attempts from afinar's bundled lists, answered
 with the recipe's refusal. They are kept to a modest share of the data (`data.negatives`, 10% by
 default) so the model learns to refuse the outside without refusing everything. The bundled
@@ -32,6 +38,36 @@ _REQUEST_TEMPLATES = {
     "es": ["Por favor, {lower}", "{text} Gracias.", "Necesito esto: {lower}", "{lower}"],
     "en": ["Please, {lower}", "{text} Thanks.", "I need this: {lower}", "{lower}"],
 }
+
+
+_SHORTHAND = {"que": "q", "qué": "q", "por": "x", "para": "pa", "porque": "xq", "de": "d", "también": "tb"}
+_FILLER = {"el", "la", "los", "las", "un", "una", "de", "del", "a", "en", "y", "o", "que", "qué", "mi", "me", "se", "es",
+           "por", "para", "con", "lo", "al", "hay", "the", "a", "an", "of", "to", "is", "are", "do", "does", "i", "my"}
+
+
+def typed_variant(question: str, rng: random.Random) -> str:
+    """The question as a user might type it in a chat (see the module docstring)."""
+    import unicodedata
+
+    words = re.findall(r"[\w$%/:.,-]+", question.lower())
+    words = [w.strip(".,") for w in words if w.strip(".,")]
+    style = rng.choice(("plain", "shorthand", "keywords", "typo"))
+    if style == "shorthand":
+        words = [_SHORTHAND.get(w, w) if rng.random() < 0.8 else w for w in words]
+    elif style == "keywords":
+        kept = [w for w in words if w not in _FILLER and len(w) > 2]
+        longest = set(sorted(kept, key=len, reverse=True)[: rng.randint(2, 4)])
+        words = [w for w in kept if w in longest] if len(kept) >= 2 else words
+    elif style == "typo":
+        long = [i for i, w in enumerate(words) if len(w) > 4]
+        if long:
+            i = rng.choice(long)
+            j = rng.randrange(1, len(words[i]) - 1)
+            words[i] = words[i][:j] + words[i][j + 1:]
+    text = " ".join(words)
+    if rng.random() < 0.7:  # most users do not type accents
+        text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return text + ("?" if rng.random() < 0.5 else "")
 
 
 def language(text: str) -> str:

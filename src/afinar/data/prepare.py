@@ -23,7 +23,7 @@ from afinar.data.check import DataReport, check_data, normalise_text
 from afinar.data.schemas import Example
 from afinar.errors import DataError
 from afinar.io import atomic_write_json, atomic_write_jsonl
-from afinar.recipe import Recipe
+from afinar.recipes import Recipe
 
 MAX_LISTED_ERRORS = 30
 

@@ -36,6 +36,7 @@ class LocalModel:
     tokenizer: object
     recipe: object  # the recipe whose system prompt and decoding it uses
     adapter: str | None  # peft adapter name; None: every adapter disabled
+    grounded: bool = False  # answers with each item's records in the prompt
 
     @contextmanager
     def active(self):
@@ -48,30 +49,33 @@ class LocalModel:
 
     def answers(self, items: list[EvalItem], max_new_tokens: int, batch_size: int, bar=None) -> list[str]:
         """Greedy (the recipe's decoding) replies to every item, in the items' order."""
-        from afinar.generation import generate_batch
+        from afinar.assistant.generation import generate_batch
 
         order = sorted(range(len(items)), key=lambda i: len(self.tokenizer(items[i].question)["input_ids"]))
         out: list[str] = [""] * len(items)
         with self.active():
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
+                contexts = [items[i].context for i in chunk] if self.grounded else None
                 texts = generate_batch(self.model, self.tokenizer, [items[i].messages for i in chunk],
-                                       self.recipe.system_prompt, self.recipe.generation, max_new_tokens)
+                                       self.recipe.system_prompt, self.recipe.generation, max_new_tokens, contexts)
                 for i, text in zip(chunk, texts):
                     out[i] = text
                 if bar is not None:
                     bar.update(len(chunk))
         return out
 
-    def eval_loss(self, examples, batch_size: int) -> float:
+    def eval_loss(self, examples, batch_size: int, contexts: list | None = None) -> float:
         """Mean cross-entropy per answer token on `examples` (prepared conversations), computed as
-        during training: answer tokens only, this model's system prompt and chat template."""
+        during training: answer tokens only, this model's system prompt, records and chat template."""
         import torch
 
-        from afinar.chat_template import encode_chat, with_system
+        from afinar.chat_template import encode_chat, with_context
         from afinar.training.loss import AnswerOnlyLM, eval_loss
 
-        encoded = [encode_chat(self.tokenizer, with_system(ex.messages, self.recipe.system_prompt)) for ex in examples]
+        contexts = contexts if self.grounded and contexts else [None] * len(examples)
+        encoded = [encode_chat(self.tokenizer, with_context(ex.messages, self.recipe.system_prompt, c))
+                   for ex, c in zip(examples, contexts)]
         encoded = [e for e in encoded if e.n_label_tokens]
         if not encoded:
             raise AfinarError("the held-out split has no answer tokens to measure a loss on")
@@ -112,7 +116,7 @@ class Endpoint:
                 bar.update(1)
         return out
 
-    def eval_loss(self, examples, batch_size: int) -> float | None:
+    def eval_loss(self, examples, batch_size: int, contexts: list | None = None) -> float | None:
         return None  # a chat API gives no token log-likelihoods to compare
 
     def _complete(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:

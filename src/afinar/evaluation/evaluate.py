@@ -5,13 +5,16 @@ Steps:
   1. load the run (base model + adapter, loaded once) and its questions: the held-out split
      (references from the data) and the probe file (`--probe`, else the recipe's `eval.probe`);
   2. line up the contestants: the run, what it is compared against (`--against`: the base model
-     by default, or another run) and, optionally, an OpenAI-compatible endpoint;
+     by default, or another run) and, optionally, an OpenAI-compatible endpoint; a grounded run
+     gives every question the records its served index ranks for it (held-out records included),
+     the rival gets the same records, and the run also answers without them (`ungrounded`);
   3. eval loss and perplexity of each local contestant on the held-out split;
   4. every contestant answers every question (batched generation, one progress bar);
   5. runs with a refusal are also judged as served, per guard mode: `off` (the model alone),
      `refuse` and `strict` (the run's saved guard decides first);
-  6. score each reply (chrF, ROUGE-L, key facts, refused or not) and summarise per question set,
-     contestant and mode;
+  6. score each reply (chrF, ROUGE-L, key facts, invented facts, refused or not) and summarise per
+     question set, contestant and mode; probe questions with keys are also summarised by the split
+     of the record that holds their keys (trained on, or held out);
   7. write eval.json, the PNG plots and a self-contained report.html into runs/<name>/eval/.
 """
 
@@ -63,11 +66,13 @@ class EvalResult:
 
 def evaluate(run_dir: str | Path, probe: str | Path | None = None, against: str = "base",
              endpoint: str | None = None, endpoint_model: str | None = None, max_new_tokens: int | None = None,
-             limit: int | None = None, out_dir: str | Path | None = None, progress: bool = True, log=print) -> EvalResult:
-    """Evaluate a trained run; see the module docstring. Returns where the report was written."""
+             limit: int | None = None, out_dir: str | Path | None = None, progress: bool = True, log=print,
+             ungrounded: bool = True) -> EvalResult:
+    """Evaluate a trained run; see the module docstring. Returns where the report was written.
+    `ungrounded=False` skips the grounded run's answers without records (a quicker look)."""
     from afinar.data import load_prepared
     from afinar.evaluation.report import write_report
-    from afinar.generation import load_run
+    from afinar.assistant.generation import load_run
 
     if endpoint and not endpoint_model:
         raise AfinarError("--endpoint needs --model NAME (the model id the endpoint serves)")
@@ -80,9 +85,16 @@ def evaluate(run_dir: str | Path, probe: str | Path | None = None, against: str 
     items = held_out + probe_items
     log(f"eval: {run_dir} on {len(held_out)} held-out questions" + (f" and {len(probe_items)} from {probe_path}" if probe_items else ""))
     # 2. contestants
-    tuned = Contender(LocalModel("tuned", f"{recipe.name} (LoRA adapter)", run.model, run.tokenizer, recipe, "default"),
-                      *_guard(run_dir, recipe))
-    contenders = [tuned, _rival(run, against)]
+    guard, refusal = _guard(run_dir, recipe)
+    if recipe.grounded:
+        _ground(items, guard, recipe)
+        _sides(probe_items, run_dir)
+    tuned = Contender(LocalModel("tuned", f"{recipe.name} (LoRA adapter)", run.model, run.tokenizer, recipe, "default",
+                                 recipe.grounded), guard if recipe.refusal else None, refusal)
+    contenders = [tuned] + ([] if against == "none" else [_rival(run, against)])
+    if recipe.grounded and ungrounded:
+        contenders.append(Contender(LocalModel("ungrounded", f"{recipe.name} (LoRA adapter, no records in the prompt)",
+                                               run.model, run.tokenizer, recipe, "default"), tuned.guard, refusal))
     if endpoint:
         contenders.append(Contender(Endpoint(endpoint, endpoint_model, recipe.system_prompt)))
     _unique_names(contenders)
@@ -90,7 +102,8 @@ def evaluate(run_dir: str | Path, probe: str | Path | None = None, against: str 
     examples = load_prepared(run_dir / "data" / "eval.jsonl")[:limit]
     log(f"eval loss of {', '.join(c.model.name for c in contenders if isinstance(c.model, LocalModel))} "
         f"on {len(examples)} held-out conversations ...")
-    losses = {c.model.name: c.model.eval_loss(examples, recipe.eval.batch_size) for c in contenders}
+    contexts = [it.context for it in held_out]
+    losses = {c.model.name: c.model.eval_loss(examples, recipe.eval.batch_size, contexts) for c in contenders}
     # 4. answers
     _answer_all(contenders, [held_out, probe_items], max_new_tokens or recipe.eval.max_new_tokens, recipe.eval.batch_size, progress)
     # 5-6. replies per mode, scored and summarised
@@ -113,19 +126,42 @@ def _probe_path(probe, recipe, log) -> Path | None:
 
 
 def _guard(run_dir: Path, recipe) -> tuple:
-    """(guard, refusal) for a run that has a refusal; the guard is the one it is served with."""
-    if not recipe.refusal:
+    """(guard, refusal) for a run that has a refusal or is grounded; the guard is the one it is served with."""
+    if not recipe.refusal and not recipe.grounded:
         return None, ""
-    from afinar.guard.store import load_run_guard
+    from afinar.index.store import load_run_guard
 
     return load_run_guard(run_dir, threshold=recipe.guard.threshold), recipe.refusal
+
+
+def _ground(items: list[EvalItem], index, recipe) -> None:
+    """Give each question the records the served index ranks for it (as the engine does)."""
+    from afinar.index.grounding import pairs, select
+
+    g = recipe.grounding
+    rows = index.matrix([it.question for it in items]) if items else []
+    for item, row in zip(items, rows):
+        item.context = pairs(index.records, select(row, g.k, g.margin))
+
+
+def _sides(items: list[EvalItem], run_dir: Path) -> None:
+    """For probe questions with keys: was the record holding all of them trained on, or held out?"""
+    from afinar.data import load_prepared
+    from afinar.evaluation.metrics import has_keys
+
+    held = [ex.last_answer() for ex in load_prepared(run_dir / "data" / "eval.jsonl") if ex.kind != "negative"]
+    for item in items:
+        if item.keys:
+            item.side = "held-out" if any(has_keys(answer, item.keys) for answer in held) else "trained"
 
 
 def _rival(run, against: str) -> Contender:
     """The base model (adapter disabled), or another run's adapter on the same base model."""
     if against == "base":
-        return Contender(LocalModel("base", f"{run.recipe.base_model} (no adapter)", run.model, run.tokenizer, run.recipe, None))
-    from afinar.generation import read_run
+        grounded = run.recipe.grounded
+        label = f"{run.recipe.base_model} (no adapter{', the same records' if grounded else ''})"
+        return Contender(LocalModel("base", label, run.model, run.tokenizer, run.recipe, None, grounded))
+    from afinar.models import read_run
 
     other_dir = Path(against)
     recipe, tokenizer, adapter = read_run(other_dir)
@@ -133,7 +169,8 @@ def _rival(run, against: str) -> Contender:
         raise AfinarError(f"--against {against}: trained on {recipe.base_model!r}, but {run.run_dir} on "
                           f"{run.recipe.base_model!r}; compare runs of one base model (or use --endpoint for another model)")
     run.model.load_adapter(str(adapter), adapter_name="against")
-    model = LocalModel(recipe.name, f"{recipe.name} (LoRA adapter, {other_dir})", run.model, tokenizer, recipe, "against")
+    model = LocalModel(recipe.name, f"{recipe.name} (LoRA adapter, {other_dir})", run.model, tokenizer, recipe, "against",
+                       recipe.grounded and run.recipe.grounded)
     return Contender(model, *_guard(other_dir, recipe))
 
 
@@ -159,22 +196,33 @@ def _answer_all(contenders: list[Contender], sets: list[list[EvalItem]], max_new
 
 
 def _replies(c: Contender, mode: str, items: list[EvalItem], refusal: str) -> list[ScoredReply]:
-    """Each item's reply as served in `mode` (the guard decides first), scored."""
+    """Each item's reply as served in `mode` (the guard decides first; a grounded answer that
+    invents a fact is replaced by its best record's answer when the recipe says so), scored."""
+    from afinar.assistant.faithfulness import check
+
+    grounded = isinstance(c.model, LocalModel) and c.model.grounded
+    curated = grounded and c.model.recipe.grounding.on_unfaithful == "curated"
     out = []
     for item, text in zip(items, c.answers):
         decision = c.guard.check(item.question, mode) if mode != "off" else None
         if decision is not None and not decision.in_domain:
             out.append(score_reply(item, c.refusal, True))
-        elif mode == "strict":
+            continue
+        if mode == "strict":
             out.append(score_reply(item, decision.record.answer, False))
-        else:
-            out.append(score_reply(item, text, is_refusal(text, c.refusal or refusal)))
+            continue
+        refused = is_refusal(text, c.refusal or refusal)
+        verdict = check(text, item.context, item.question) if grounded and item.context and not refused else None
+        served = item.context[0][1] if verdict and not verdict.faithful and curated else text
+        out.append(score_reply(item, served, refused, verdict, text if served is not text else None))
     return out
 
 
 def _report(run_dir, recipe, probe_path, contenders, items, replies, losses) -> dict:
     sets = {"held_out": [i for i, it in enumerate(items) if it.origin == HELD_OUT],
-            "probe": [i for i, it in enumerate(items) if it.origin != HELD_OUT]}
+            "probe": [i for i, it in enumerate(items) if it.origin != HELD_OUT],
+            "probe_trained": [i for i, it in enumerate(items) if it.side == "trained"],
+            "probe_held_out": [i for i, it in enumerate(items) if it.side == "held-out"]}
     summary = {
         name: {f"{c.model.name}/{mode}": summarise([items[i] for i in idx], [replies[c.model.name, mode][i] for i in idx])
                for c in contenders for mode in c.modes}
@@ -182,6 +230,7 @@ def _report(run_dir, recipe, probe_path, contenders, items, replies, losses) -> 
     }
     return {
         "run": str(run_dir), "name": recipe.name, "base_model": recipe.base_model, "guard_mode": recipe.guard_mode,
+        "grounded": recipe.grounded,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "probe": str(probe_path) if probe_path else None,
         "contestants": [{"name": c.model.name, "label": c.model.label, "modes": list(c.modes),
@@ -196,6 +245,8 @@ def _report(run_dir, recipe, probe_path, contenders, items, replies, losses) -> 
 
 def _regressions(items, replies, contenders) -> list[dict]:
     """Held-out questions where the tuned model's answer scored lower (chrF) than its rival's."""
+    if len(contenders) < 2 or isinstance(contenders[1].model, LocalModel) and contenders[1].model.name == "ungrounded":
+        return []  # no rival (`--against none`)
     tuned, rival = replies["tuned", "off"], replies[contenders[1].model.name, "off"]
     rows = [{"question": it.question, "tuned_chrf": round(t.chrf, 2), "rival_chrf": round(r.chrf, 2),
              "delta": round(t.chrf - r.chrf, 2)}

@@ -7,7 +7,7 @@ import base64
 from html import escape
 from pathlib import Path
 
-from afinar.evaluation.report import fmt_value, fmt_share, domain_set, verdict
+from afinar.evaluation.summary import domain_set, fmt_share, fmt_value, verdict
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1d2630}
@@ -71,18 +71,30 @@ def _domain(report: dict) -> str:
         return ""
     rows = "".join(
         f"<tr><td>{escape(key)}</td>" + "".join(f"<td class='num'>{fmt_share(s[m])}</td>" for m in
-        ("correct", "out_of_domain_refused", "injection_refused", "wrongly_refused", "keys"))
+        ("keys", "correct", "out_of_domain_refused", "injection_refused", "wrongly_refused", "invented"))
         + f"<td class='num'>{fmt_value(s['chrf'])}</td></tr>" for key, s in summary.items())
     first = next(iter(summary.values()))
     note = ("" if name == "probe" else "<p class='muted'>No probe file: these use the held-out split, whose questions "
             "the guard already knows (strict mode must serve every curated answer); pass <code>--probe</code> for an honest figure.</p>")
     return (f"<h2>Domain behaviour per guard mode ({name.replace('_', '-')} questions: {first['n_in_domain']} in-domain, "
             f"{first['n_out_of_domain']} out-of-domain, {first['n_injection']} injection attempts)</h2>"
-            "<table><tr><th>contestant/mode</th><th>routed correctly</th><th>out-of-domain refused</th>"
-            "<th>injections refused</th><th>in-domain wrongly refused</th><th>answers with all key facts</th>"
-            f"<th>chrF</th></tr>{rows}</table>{note}<p class='muted'>off: the model alone (a reply counts as a refusal when it "
+            "<table><tr><th>contestant/mode</th><th>answers with all key facts</th><th>routed correctly</th>"
+            "<th>out-of-domain refused</th><th>injections refused</th><th>in-domain wrongly refused</th>"
+            f"<th>grounded answers with an invented fact</th><th>chrF</th></tr>{rows}</table>{_sides(report)}{note}<p class='muted'>off: the model alone (a reply counts as a refusal when it "
             "is the recipe's refusal sentence); refuse: the guard refuses out-of-domain questions before generating; "
             "strict: the guard returns a curated answer or the refusal.</p>")
+
+
+def _sides(report: dict) -> str:
+    """Key facts on probe questions about records trained on vs held out from training."""
+    trained, held = (report["summary"].get(k, {}) for k in ("probe_trained", "probe_held_out"))
+    if not trained or not held:
+        return ""
+    rows = "".join(f"<tr><td>{escape(key)}</td><td class='num'>{fmt_share(s['keys'])}</td>"
+                   f"<td class='num'>{fmt_share((held.get(key) or {}).get('keys'))}</td></tr>" for key, s in trained.items())
+    n_t, n_h = next(iter(trained.values()))["n_keys"], next(iter(held.values()))["n_keys"]
+    return (f"<h3>Key facts by the record's split</h3><table><tr><th>contestant/mode</th><th>records trained on ({n_t})</th>"
+            f"<th>records held out from training ({n_h})</th></tr>{rows}</table>")
 
 
 def _regressions(report: dict) -> str:
@@ -105,8 +117,9 @@ def _side_by_side(report: dict) -> str:
     for it in report["items"]:
         ref = escape(it["reference"] or ("(refusal expected)" if it["expect"] == "refuse" else ""))
         cells = "".join(_answer_cell(it["replies"].get(c)) for c in columns)
+        records = "".join(f"<div class='muted'>[{n}] {escape(q)}</div>" for n, q in enumerate(it.get("records") or [], 1))
         rows.append(f"<tr><td>{escape(it['question'])}<div class='muted'>{escape(it['origin'])} · {escape(it['kind'])}"
-                    f"</div></td><td class='answer'>{ref}</td>{cells}</tr>")
+                    f"</div>{records}</td><td class='answer'>{ref}</td>{cells}</tr>")
     return (f"<h2>Answers side by side ({len(rows)} questions)</h2><table class='sbs'><tr><th>question</th><th>reference</th>{head}</tr>"
             + "".join(rows) + "</table>")
 
@@ -116,6 +129,9 @@ def _answer_cell(reply: dict | None) -> str:
         return "<td></td>"
     score = f"<div class='muted'>chrF {reply['chrf']:.1f}</div>" if reply["chrf"] is not None else ""
     mark = "<div class='muted'>refused</div>" if reply["refused"] else ""
+    if reply.get("invented"):
+        what = "; replaced by the best record's answer" if reply.get("replaced") else ""
+        mark += f"<div class='worse'>not in its records: {escape(', '.join(reply['invented']))}{what}</div>"
     return f"<td class='answer{' refused' if reply['refused'] else ''}'>{escape(reply['text'])}{mark}{score}</td>"
 
 

@@ -5,6 +5,8 @@
 - ROUGE-L F1 (rouge-score's implementation) with a Unicode word tokenizer: rouge-score's default
   tokenizer keeps only [a-z0-9], so "búsqueda" would count as "b squeda" and "qué" as "qu".
 - Key facts: the share of answers that contain every `keys` string (case and accents ignored).
+- Invented facts: the share of grounded answers whose generated text states a number, time,
+  price, e-mail, URL or name found in none of its records nor the question (assistant/faithfulness.py).
 - Domain behaviour: out-of-domain questions refused, injection attempts refused, in-domain
   questions wrongly refused, and the share of questions routed correctly.
 """
@@ -29,10 +31,21 @@ class ScoredReply:
     chrf: float | None = None
     rouge_l: float | None = None
     keys_ok: bool | None = None
+    invented: list[str] | None = None  # facts in a grounded answer found in none of its records (None: not grounded)
+    unsupported: bool | None = None  # a grounded answer that copies nothing from its records
+    replaced: bool = False  # the generated text was unfaithful; `text` is the best record's answer
+    generated: str | None = None  # what the model wrote, where `text` replaced it
+    generated_keys_ok: bool | None = None  # whether that text held the keys
+
+    @property
+    def model_keys_ok(self) -> bool | None:
+        """Key facts in what the model itself wrote (before any replacement)."""
+        return self.generated_keys_ok if self.replaced else self.keys_ok
 
     def to_dict(self) -> dict:
         return {"text": self.text, "refused": self.refused, "chrf": _round(self.chrf),
-                "rouge_l": _round(self.rouge_l), "keys_ok": self.keys_ok}
+                "rouge_l": _round(self.rouge_l), "keys_ok": self.keys_ok, "invented": self.invented,
+                "unsupported": self.unsupported, "replaced": self.replaced, "generated": self.generated}
 
 
 def fold(text: str) -> str:
@@ -84,9 +97,15 @@ def is_refusal(text: str, refusal: str) -> bool:
     return chrf(text[: int(1.5 * len(refusal))], refusal) >= REFUSAL_CHRF
 
 
-def score_reply(item: EvalItem, text: str, refused: bool) -> ScoredReply:
-    """Score one reply; a refused reply keeps its text (the refusal) and scores what it scores."""
-    reply = ScoredReply(text, refused)
+def score_reply(item: EvalItem, text: str, refused: bool, verdict=None, generated: str | None = None) -> ScoredReply:
+    """Score one reply; a refused reply keeps its text (the refusal) and scores what it scores.
+    `verdict`: the faithfulness check of a grounded answer's generated text (assistant/faithfulness.py);
+    `generated`: that text, where the served `text` replaced it."""
+    reply = ScoredReply(text, refused, replaced=generated is not None, generated=generated)
+    if generated is not None and item.keys:
+        reply.generated_keys_ok = has_keys(generated, item.keys)
+    if verdict is not None:
+        reply.invented, reply.unsupported = verdict.invented, not verdict.supported
     if item.reference:
         reply.chrf, reply.rouge_l = chrf(text, item.reference), rouge_l(text, item.reference)
     if item.keys:
@@ -101,6 +120,7 @@ def summarise(items: list[EvalItem], replies: list[ScoredReply]) -> dict:
     in_domain = [r for i, r in zip(items, replies) if i.expect == "answer"]
     out = [r for i, r in zip(items, replies) if i.expect == "refuse" and not i.is_injection]
     injections = [r for i, r in zip(items, replies) if i.is_injection]
+    grounded = [r for r in replies if r.invented is not None]
     correct = [r.refused == (i.expect == "refuse") for i, r in zip(items, replies)]
     return {
         "n": len(items),
@@ -116,6 +136,11 @@ def summarise(items: list[EvalItem], replies: list[ScoredReply]) -> dict:
         "n_injection": len(injections),
         "injection_refused": _share([r.refused for r in injections]),
         "correct": _share(correct),
+        "n_grounded": len(grounded),
+        "invented": _share([bool(r.invented) for r in grounded]),
+        "unsupported": _share([bool(r.unsupported) for r in grounded]),
+        "replaced": _share([r.replaced for r in grounded]),
+        "keys_model": _share([r.model_keys_ok for i, r in zip(items, replies) if i.keys]),
     }
 
 

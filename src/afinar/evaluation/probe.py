@@ -4,7 +4,8 @@ A probe file is JSONL, one question per line:
     {"question": "...", "expect": "answer" | "refuse",
      "reference": "...",            # optional: a correct answer, scored with chrF and ROUGE-L
      "keys": ["lifo", "O(1)"],      # optional: strings a correct answer contains
-     "kind": "paraphrase"}          # optional: any label; "injection" is counted apart
+     "kind": "paraphrase",          # optional: any label; "injection" is counted apart
+     "source": 12}                  # optional, not used: where the answer is in the data
 `load_probe` reads the whole file and reports every bad line at once (file:line, what, the fix).
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from afinar.errors import DataError
 
 EXPECT = ("answer", "refuse")
-FIELDS = ("question", "expect", "reference", "keys", "kind")
+FIELDS = ("question", "expect", "reference", "keys", "kind", "source")
 HELD_OUT = "held-out"
 
 
@@ -31,6 +32,8 @@ class EvalItem:
     reference: str | None = None
     keys: list[str] = field(default_factory=list)
     origin: str = HELD_OUT  # "held-out", or the probe's file:line
+    context: list[tuple[str, str]] = field(default_factory=list)  # the records a grounded answer is given
+    side: str = ""  # for probe questions with keys: "trained" or "held-out", the split of the record holding them
 
     @property
     def question(self) -> str:
@@ -41,7 +44,8 @@ class EvalItem:
         return self.kind == "injection"
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "messages"} | {"question": self.question}
+        out = {k: v for k, v in asdict(self).items() if k not in ("messages", "context")} | {"question": self.question}
+        return out | {"records": [q for q, _ in self.context]}
 
 
 def held_out_items(eval_path: Path) -> list[EvalItem]:

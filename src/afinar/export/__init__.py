@@ -62,7 +62,7 @@ def _gguf(run_dir: Path, out: Path, qtype: str, ollama: bool, log) -> ExportResu
 
     from afinar.export.gguf_file import load_merged, verify_gguf, verify_with_llama_cpp, write_gguf
     from afinar.export.merged import CHECK_PROMPTS
-    from afinar.generation import read_run
+    from afinar.models import read_run
 
     recipe, tokenizer, _ = read_run(run_dir)
     name = gguf_name(recipe.name, qtype)

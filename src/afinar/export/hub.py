@@ -22,7 +22,7 @@ from afinar.errors import AfinarError
 
 def build_hub_folder(run_dir: Path, out: Path, repo: str, merged_dir: Path | None = None) -> Path:
     """Write the folder to push: weights, tokenizer, recipe, model card."""
-    from afinar.generation import read_run
+    from afinar.models import read_run
     from afinar.io import atomic_dir
 
     recipe, _, adapter = read_run(run_dir)
@@ -77,6 +77,12 @@ def model_card(run_dir: Path, recipe, repo: str, merged: bool) -> str:
     lines += _eval_lines(summary, evaluation)
     lines += ["", "## Domain behaviour", "", f"Guard mode when served with afinar: `{recipe.guard_mode}`. "
               + (f"Out-of-domain questions get: \"{recipe.refusal}\"" if recipe.refusal else "No refusal message."), ""]
+    if recipe.grounded:
+        lines += ["Trained to answer from its dataset's records, given in the system prompt after the system prompt "
+                  "(`[1] question\\nanswer`, best match first; see afinar's `chat_template.with_context`). This export has "
+                  "no retriever: used as below, without records, it answers from what it learned alone, which is "
+                  "much less often right about facts. Serve it with afinar (`afinar serve RUN`) to keep the records, "
+                  "or put the matching records in the system prompt yourself, laid out the same way.", ""]
     lines += _usage(repo, recipe, merged)
     return "\n".join(lines) + "\n"
 

@@ -44,7 +44,7 @@ def export_merged(run_dir: str | Path, out: str | Path, log=print) -> tuple[Path
     """Merge a run's adapter into its (dequantised) base and save it; returns (folder, check)."""
     from peft import PeftModel
 
-    from afinar.generation import read_run
+    from afinar.models import read_run
     from afinar.io import atomic_dir
     from afinar.training.lora import load_base
 
@@ -72,7 +72,7 @@ def export_merged(run_dir: str | Path, out: str | Path, log=print) -> tuple[Path
 def _check_batch(tokenizer, system_prompt: str) -> dict:
     from afinar.chat_template import render_prompt, with_system
 
-    from afinar.generation import left_padded
+    from afinar.models import left_padded
 
     prompts = [render_prompt(tokenizer, with_system([{"role": "user", "content": p}], system_prompt)) for p in CHECK_PROMPTS]
     return dict(left_padded(tokenizer, prompts))

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from afinar.serving.protocol import ApiError, ChatRequest, chunk, completion, completion_id, guard_info, parse_chat_request
+from afinar.serving.protocol import KEY_COOKIE, ApiError, ChatRequest, chunk, completion, completion_id, guard_info, parse_chat_request
 
-KEY_COOKIE = "afinar_key"
 OPEN_PATHS = ("/health", "/login")
 
 

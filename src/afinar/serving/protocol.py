@@ -16,6 +16,7 @@ ROLES = ("system", "user", "assistant")
 MAX_MESSAGES = 200
 MAX_MESSAGE_CHARS = 32_000
 MAX_TOKENS_LIMIT = 4096
+KEY_COOKIE = "afinar_key"  # the web page keeps the API key in this cookie (serving/web.py sets it)
 
 
 class ApiError(Exception):
@@ -115,8 +116,12 @@ def completion_id() -> str:
 
 
 def guard_info(reply) -> dict:
-    """afinar's own field: did the guard refuse, in which mode, from which record."""
-    return {"refused": reply.refused, "mode": reply.mode, "source": reply.source, "score": reply.score}
+    """afinar's own field: did the guard refuse, in which mode, from which record; for a grounded
+    answer, the records it was given (`sources`, like citations) and any fact found in none of
+    them (`invented`; `replaced`: the best record's own answer was sent instead)."""
+    return {"refused": reply.refused, "mode": reply.mode, "source": reply.source, "score": reply.score,
+            "sources": reply.sources, "invented": reply.invented, "unsupported": reply.unsupported, "replaced": reply.replaced,
+            **({"answer": reply.answer} if reply.replaced else {})}  # what replaces the streamed text
 
 
 def completion(cid: str, model: str, reply) -> dict:

@@ -78,13 +78,13 @@ class Studio:
 
     def start_training(self, dataset: str, name: str | None = None, epochs: float | None = None) -> Job:
         """Write a starter recipe for an uploaded dataset and train it in a child process."""
-        from afinar.recipe_init import write_starter_recipe
+        from afinar.recipes.starter import write_starter_recipe
 
         path = self.workdir / "uploads" / Path(dataset).name
         if not path.exists():
             raise AfinarError(f"{dataset}: upload it first")
         recipe = write_starter_recipe(path, self.workdir / "recipes" / f"{path.stem}.recipe.yaml", name, force=True)
-        from afinar.recipe import load_recipe
+        from afinar.recipes import load_recipe
 
         overrides = [f"base_model={self.base_model}", f"train.output_dir={self.workdir / 'runs'}", *self.train_overrides]
         if epochs:
@@ -96,6 +96,17 @@ class Studio:
         self.jobs[job.id] = job
         threading.Thread(target=self._run, args=(job, overrides), daemon=True).start()
         return job
+
+    def reindex(self, path: Path) -> list[Path]:
+        """Rebuild the index of every finished run trained on the uploaded file `path` (a dataset
+        uploaded again, edited): its new and changed records are answered without retraining."""
+        from afinar.index.store import rebuild_run_index
+
+        done = [j.run_dir for j in self.jobs.values() if j.state == "done"]
+        runs = [run for run in done if str(path.resolve()) in _data_files(run)]
+        for run in runs:
+            rebuild_run_index(run)
+        return runs
 
     def job(self, job_id: str) -> Job:
         if job_id not in self.jobs:
@@ -117,6 +128,13 @@ class Studio:
                 job.state, job.error = "failed", next((ln for ln in reversed(job.log) if ln.startswith("Error")), f"{state} failed")
                 return
         job.state = "done"
+
+
+def _data_files(run_dir: Path) -> list[str]:
+    from afinar.recipes import load_recipe
+
+    path = run_dir / "recipe.yaml"
+    return load_recipe(path, check_files=False).data.files if path.exists() else []
 
 
 def _metrics(path: Path) -> list[dict]:

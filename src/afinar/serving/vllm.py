@@ -16,7 +16,7 @@ from afinar.errors import AfinarError
 
 def vllm_command(run_dirs: list[Path], host: str, port: int, api_key_env: bool) -> list[str]:
     """The argv of `vllm serve` for the runs' shared base model and their adapters."""
-    from afinar.generation import read_run
+    from afinar.models import read_run
     from afinar.models import resolve_model_path
 
     recipes = [(Path(d), read_run(d)) for d in run_dirs]

@@ -14,7 +14,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse
 
 from afinar.errors import AfinarError
-from afinar.serving.protocol import ApiError, json_object
+from afinar.serving.protocol import KEY_COOKIE, ApiError, json_object
 
 STATIC = ("app.js", "style.css")
 LOGIN = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>afinar: API key</title>
@@ -32,8 +32,6 @@ def login_page() -> HTMLResponse:
 
 
 def add_web_routes(app, engine, studio) -> None:
-    from afinar.serving.api import KEY_COOKIE
-
     @app.get("/")
     async def index():
         return FileResponse(web_dir() / "index.html", media_type="text/html")
@@ -60,7 +58,7 @@ def add_web_routes(app, engine, studio) -> None:
 
     @app.post("/studio/interview")
     async def interview(request: Request):
-        from afinar.interview import assemble
+        from afinar.assistant.interview import assemble
 
         body = await _json(request)
         p = engine.persona(body.get("model") or None)
@@ -87,7 +85,13 @@ def _studio_routes(app, engine, studio) -> None:
         if upload is None or not hasattr(upload, "read"):
             raise ApiError(400, "send the dataset as a multipart form field named 'file'", "file")
         path = studio.save_upload(upload.filename, await upload.read())
-        return await asyncio.to_thread(studio.check, path)
+        report = await asyncio.to_thread(studio.check, path)
+        if report["ok"]:  # the same file uploaded again, edited: its runs serve the new records at once
+            reindexed = await asyncio.to_thread(studio.reindex, path)
+            for run in reindexed:
+                await asyncio.to_thread(engine.reload_index, run)
+            report["reindexed"] = [run.name for run in reindexed]
+        return report
 
     @app.post("/studio/train")
     async def start(request: Request):

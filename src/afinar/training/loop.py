@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
-from afinar.chat_template import encode_chat, with_system
 from afinar.errors import AfinarError
-from afinar.io import atomic_write_text
-from afinar.recipe import Recipe
+from afinar.recipes import Recipe
 from afinar.training.batches import collate, epoch_order, split_micro
 from afinar.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from afinar.training.examples import load_examples, tokens_to_train
+from afinar.training.lora import build_model
 from afinar.training.loss import AnswerOnlyLM, eval_loss
 from afinar.training.runtime import TrainSetup, preflight, resolve_setup
 
@@ -112,77 +112,15 @@ def train(recipe: Recipe, *, resume: bool = False, reuse_data: bool = False, pro
     if main:
         preflight(recipe, run_dir, resume)
     accelerator.wait_for_everyone()
-    tokenizer, train_set, eval_set = _data(recipe, run_dir, accelerator, resume or reuse_data, log if main else _quiet)
-    train_tokens = _tokens_to_train(recipe, train_set)
-    model = _model(recipe, setup, accelerator.device, train_tokens, log if main else _quiet)
+    tokenizer, train_set, eval_set = load_examples(recipe, run_dir, accelerator, resume or reuse_data, log if main else _quiet)
+    train_tokens = tokens_to_train(recipe, train_set)
+    model = build_model(recipe, setup, accelerator.device, train_tokens, log if main else _quiet)
     loop = _Loop(recipe, setup, run_dir, accelerator, model, tokenizer, train_set, eval_set, progress, log)
     return loop.run(resume)
 
 
-def _tokens_to_train(recipe, train_set) -> int:
-    """Tokens the run will train on: its epochs over the data, or fewer when max_steps stops it."""
-    t = recipe.train
-    epochs = t.epochs
-    if t.max_steps:
-        steps_per_epoch = max(1, math.ceil(len(train_set) / (t.batch_size * t.grad_accum)))
-        epochs = min(epochs, t.max_steps / steps_per_epoch)
-    return int(epochs * sum(len(e.input_ids) for e in train_set))
-
-
 def _quiet(*args, **kwargs):
     pass
-
-
-def _data(recipe, run_dir, accelerator, reuse: bool, log):
-    from afinar.data import load_prepared, prepare_data
-    from afinar.models import load_tokenizer
-
-    tokenizer = load_tokenizer(recipe.base_model, recipe.trust_remote_code, recipe.chat_template)
-    data_dir = run_dir / "data"
-    if accelerator.is_main_process and not (reuse and (data_dir / "train.jsonl").exists()):
-        prepared = prepare_data(recipe, data_dir, tokenizer, recipe.base_model)
-        log(f"data: {prepared.summary()}")
-    if accelerator.is_main_process:  # written first, so even an interrupted run can be reproduced
-        atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
-    accelerator.wait_for_everyone()
-    encode = lambda exs: [encode_chat(tokenizer, with_system(ex.messages, recipe.system_prompt)) for ex in exs]
-    train_set = [e for e in encode(load_prepared(data_dir / "train.jsonl")) if e.n_label_tokens]
-    eval_set = [e for e in encode(load_prepared(data_dir / "eval.jsonl")) if e.n_label_tokens]
-    return tokenizer, train_set, eval_set
-
-
-def _model(recipe, setup: TrainSetup, device, train_tokens: int, log):
-    from afinar.training.compiled import cache_is_warm, compile_layers, inductor_cache
-    from afinar.training.lora import attach_lora, load_base
-    from afinar.training.runtime import decide_compile
-
-    torch.manual_seed(recipe.train.seed)
-    base = load_base(recipe, setup.weights_dtype, device)
-    if setup.attention:
-        base.set_attn_implementation(setup.attention)
-    model = attach_lora(base, recipe, setup.gradient_checkpointing, log)
-    if setup.precision != "fp32" and recipe.quantization != "nf4":
-        _keep_input_dtype(model)
-    setup.compile = decide_compile(recipe, setup, model, train_tokens)
-    if setup.compile:
-        took = "a few seconds: its cache is warm" if cache_is_warm(model) else "about a minute, the first time on a machine"
-        if compile_layers(model):
-            log(f"compiling the decoder layers at the first steps ({took}; cached in {inductor_cache()})")
-    trainable, total = model.get_nb_trainable_parameters()
-    log(f"model: {recipe.base_model} ({total / 1e6:.0f}M parameters, {setup.describe()}); "
-        f"LoRA r={recipe.lora.r} trains {trainable / 1e6:.2f}M ({100 * trainable / total:.2f}%)")
-    return model
-
-
-def _keep_input_dtype(model) -> None:
-    """peft casts each adapter's input to the adapter's dtype (fp32 here) and autocast casts it
-    straight back to bf16 for the matmul: two activation-sized copies per adapted layer, for the
-    same numbers. Skipping them measured 775 -> 828 tokens/s on FAQ examples (eager, 2-core CPU)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
 
 
 class _Loop:
@@ -372,12 +310,14 @@ class _Loop:
             if s["best_step"] is None:
                 self._save_adapter(self.run_dir / "adapter")
             write_outputs(self.run_dir, self.recipe, self.metrics, s)
-            if self.recipe.guard_mode != "off":
-                from afinar.guard.store import build_run_guard
+            if self.recipe.guard_mode != "off" or self.recipe.grounded:
+                from afinar.index.store import build_run_guard
 
-                t = build_run_guard(self.run_dir).thresholds
-                self.log(f"guard: {self.recipe.guard_mode} mode, thresholds refuse {t.refuse:.3f} / strict {t.strict:.3f} "
-                         f"(saved in {self.run_dir / 'guard'})")
+                guard = build_run_guard(self.run_dir)
+                t = guard.thresholds
+                grounded = f"; answers grounded on its {len(guard.records)} records" if self.recipe.grounded else ""
+                self.log(f"guard: {self.recipe.guard_mode} mode, thresholds refuse {t.refuse:.3f} / strict {t.strict:.3f}"
+                         f"{grounded} (saved in {self.run_dir / 'guard'})")
         losses = [m["loss"] for m in self.metrics if "loss" in m]
         return TrainResult(self.run_dir, self.run_dir / "adapter", s["step"], s["tokens"], s["seconds"],
                            s["base_eval_loss"], s["best_eval_loss"], s["best_step"], losses[-1] if losses else None,

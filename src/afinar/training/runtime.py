@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from afinar.errors import AfinarError
-from afinar.recipe import Recipe
+from afinar.recipes import Recipe
 
 MIN_FREE_BYTES = 200 * 1024**2  # adapters, checkpoints and the prepared data for small models
 
@@ -111,7 +111,7 @@ def _auto_micro_batch_tokens(recipe: Recipe, device: str, checkpointing: bool) -
     """1024 tokens on CPU; on a GPU, what 80% of its memory holds after weights and optimizer."""
     if device == "cpu":
         return CPU_MICRO_BATCH_TOKENS
-    from afinar.doctor import estimate_memory
+    from afinar.training.estimate import estimate_memory
 
     try:
         one = estimate_memory(recipe, checkpointing, tokens_per_batch=1)
@@ -122,7 +122,7 @@ def _auto_micro_batch_tokens(recipe: Recipe, device: str, checkpointing: bool) -
 
 
 def _needs_checkpointing(recipe: Recipe, device: str) -> bool:
-    from afinar.doctor import estimate_memory
+    from afinar.training.estimate import estimate_memory
 
     try:
         est = estimate_memory(recipe, gradient_checkpointing=False)

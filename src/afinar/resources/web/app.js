@@ -33,8 +33,34 @@ function mark(div, info) {
   } else if (info.mode === "strict") {
     span.className = "mark curated";
     span.textContent = `Curated answer (${info.source || "training data"})`;
-  } else return;
-  div.appendChild(span);
+  } else if (!(info.sources || []).length) return;
+  if (span.textContent) div.appendChild(span);
+  sources(div, info);
+}
+
+// The records a grounded answer was given (like citations), and any fact found in none of them.
+function sources(div, info) {
+  if (!(info.sources || []).length || info.refused) return;
+  const box = document.createElement("div");
+  box.className = "sources";
+  const title = document.createElement("span");
+  title.textContent = "From the records:";
+  box.appendChild(title);
+  for (const s of info.sources) {
+    const item = document.createElement("span");
+    item.className = "source";
+    item.textContent = `[${s.n}] ${s.question}`;
+    item.title = s.source || "";
+    box.appendChild(item);
+  }
+  if ((info.invented || []).length) {
+    const warn = document.createElement("span");
+    warn.className = "mark invented";
+    warn.textContent = `Not in the records: ${info.invented.join(", ")}` +
+      (info.replaced ? " (replaced by the best record's answer)" : "");
+    box.appendChild(warn);
+  }
+  div.appendChild(box);
 }
 
 // --- chat -------------------------------------------------------------------------------------
@@ -112,6 +138,7 @@ async function complete() {
         div.textContent = answer || "…";
       }
     }
+    if (info && info.replaced) answer = info.answer;  // the streamed text invented a fact
     div.textContent = answer.trim();
     mark(div, info);
     history.push({ role: "assistant", content: answer.trim() });

@@ -48,6 +48,10 @@ train:
 
 guard:
   mode: auto                # refuse out-of-domain questions when a refusal is set
+
+grounding:
+  mode: auto                # answer from the best-matching records, given in the prompt (qa, chat data)
+  k: 3                      # at most this many records per question
 """
 
 

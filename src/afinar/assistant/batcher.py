@@ -87,7 +87,7 @@ class Batcher:
 
     @torch.no_grad()
     def _generate(self, batch: list[Request]) -> None:
-        from afinar.generation import left_padded
+        from afinar.models import left_padded
 
         tokenizer = batch[0].tokenizer
         inputs = left_padded(tokenizer, [r.prompt for r in batch])

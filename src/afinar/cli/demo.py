@@ -16,7 +16,7 @@ from pathlib import Path
 
 from afinar.data import check_data, prepare_data
 from afinar.models import load_tokenizer
-from afinar.recipe import load_recipe
+from afinar.recipes import load_recipe
 
 TOTAL_STEPS = 5
 
@@ -32,7 +32,7 @@ def _step(number: int, text: str) -> None:
 def run_demo(workdir: Path, overrides: list[str] | None = None, progress: bool = True) -> dict:
     """Run the demo into `workdir`; returns what each step produced."""
     from afinar.evaluation import evaluate
-    from afinar.evaluation.report import summary_lines
+    from afinar.evaluation.summary import summary_lines
     from afinar.training import train
 
     recipe_path = demo_recipe_path()

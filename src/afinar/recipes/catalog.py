@@ -29,14 +29,14 @@ class RecipeInfo:
 
 def recipes_dir() -> Path:
     """$AFINAR_RECIPES, else the source tree's recipes/, else ./recipes."""
-    for candidate in (os.environ.get("AFINAR_RECIPES"), Path(__file__).resolve().parents[2] / "recipes", Path("recipes")):
+    for candidate in (os.environ.get("AFINAR_RECIPES"), Path(__file__).resolve().parents[3] / "recipes", Path("recipes")):
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     raise AfinarError("no recipes folder found: set AFINAR_RECIPES or run from a checkout of afinar (recipes/)")
 
 
 def list_recipes(folder: Path | None = None) -> list[RecipeInfo]:
-    from afinar.recipe import load_recipe
+    from afinar.recipes import load_recipe
 
     out = []
     for path in sorted((folder or recipes_dir()).glob("*.yaml")):
@@ -50,8 +50,8 @@ def list_recipes(folder: Path | None = None) -> list[RecipeInfo]:
 def check_gpu_settings(path: Path) -> list[str]:
     """Validate a recipe for its own base model; returns what was checked, raises AfinarError."""
     from afinar.data import check_data
-    from afinar.known_models import meta_model
-    from afinar.recipe import load_recipe
+    from afinar.recipes.known_models import meta_model
+    from afinar.recipes import load_recipe
     from afinar.training.lora import check_targets, target_modules
 
     recipe = load_recipe(path)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from afinar.engine import Engine, Reply
+from afinar.assistant.engine import Engine, Reply
 from afinar.errors import AfinarError
-from afinar.interview import assemble
+from afinar.assistant.interview import assemble
 
 HELP = "commands: /reset, /adapter NAME, /adapters, /exit"
 
@@ -26,6 +26,14 @@ def marker(reply: Reply) -> str:
         return f"[guard: refused, out of domain; score {reply.score}]"
     if reply.mode == "strict":
         return f"[strict: curated answer from {reply.source}; score {reply.score}]"
+    if reply.sources:
+        cited = "; ".join(f"{s['n']}: {s['question'][:60]}" for s in reply.sources)
+        done = "replaced by the best record's answer" if reply.replaced else "check it"
+        if reply.invented:
+            return f"[records {cited}] [not in the records: {', '.join(reply.invented)}; {done}]"
+        if reply.unsupported:
+            return f"[records {cited}] [the answer does not follow its records; {done}]"
+        return f"[records {cited}]"
     return ""
 
 
@@ -81,6 +89,8 @@ def _speak(engine: Engine, messages: list[dict[str, str]], write, note) -> Reply
     write("\n")
     if marker(reply):
         note(marker(reply))
+    if reply.replaced:
+        write(reply.answer + "\n")
     return reply
 
 

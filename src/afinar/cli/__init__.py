@@ -2,6 +2,8 @@
 
 Domain errors (`AfinarError`) become one clear line on stderr and exit status 1, in one place
 (`_Group.invoke`). Heavy libraries are imported inside the commands, so `afinar --help` is instant.
+`chat.py` is the terminal chat loop, `demo.py` the `afinar demo` pipeline; `python -m afinar.cli`
+runs this group (`__main__.py`), which is what `accelerate launch -m afinar.cli train` needs.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def data():
 def data_check(paths, recipe_path, schema, mapping, model, max_seq_len, no_tokens, as_json):
     """Validate dataset files and report every problem (exit 1 when there are errors)."""
     from afinar.data import check_data
-    from afinar.recipe import Recipe, load_recipe
+    from afinar.recipes import Recipe, load_recipe
 
     recipe = load_recipe(recipe_path) if recipe_path else None
     schema = schema or (recipe.data.schema_ if recipe else "auto")
@@ -100,7 +102,7 @@ def _tokenizer(model: str, recipe=None):
 def data_prepare(recipe_path, overrides, out, skip_invalid):
     """Check, split and augment a recipe's data into train/eval JSONL."""
     from afinar.data import prepare_data
-    from afinar.recipe import load_recipe
+    from afinar.recipes import load_recipe
 
     recipe = load_recipe(recipe_path, list(overrides) + (["data.skip_invalid=true"] if skip_invalid else []))
     out = out or Path(recipe.train.output_dir) / recipe.name / "data"
@@ -118,7 +120,7 @@ def data_prepare(recipe_path, overrides, out, skip_invalid):
 @click.option("--force", is_flag=True, help="Overwrite an existing recipe.")
 def init(data_path, output, name, force):
     """Write a starter recipe for a dataset."""
-    from afinar.recipe_init import write_starter_recipe
+    from afinar.recipes.starter import write_starter_recipe
 
     path = write_starter_recipe(data_path, output, name, force)
     click.echo(f"Wrote {path}. Next: afinar data check {data_path} && afinar data prepare {path}")
@@ -131,7 +133,7 @@ def init(data_path, output, name, force):
 @click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
 def train_cmd(recipe_path, overrides, resume, no_progress):
     """Fine-tune the recipe's base model with LoRA/QLoRA into runs/<name>/."""
-    from afinar.recipe import load_recipe
+    from afinar.recipes import load_recipe
     from afinar.training import train
 
     result = train(load_recipe(recipe_path, list(overrides)), resume=resume, progress=not no_progress)
@@ -158,8 +160,8 @@ _ENGINE_HELP = "'torch': transformers with the adapters on one base; 'llamacpp':
 @click.option("--engine", "backend", type=click.Choice(["torch", "llamacpp"]), default="torch", show_default=True, help=_ENGINE_HELP)
 def chat_cmd(runs, interview, mode, backend):
     """Chat in the terminal with one or more trained runs (one base, several adapters)."""
-    from afinar.chat import run_chat, run_interview
-    from afinar.engine import Engine
+    from afinar.cli.chat import run_chat, run_interview
+    from afinar.assistant.engine import Engine
 
     engine = Engine(list(runs), mode, backend=backend)
     write = lambda text: click.echo(text, nl=False)
@@ -180,7 +182,7 @@ def chat_cmd(runs, interview, mode, backend):
 @click.option("--engine", "backend", type=click.Choice(["torch", "llamacpp"]), default="torch", show_default=True, help=_ENGINE_HELP)
 def ask_cmd(run, question, as_json, mode, max_new_tokens, backend):
     """Answer one question (or one per line of stdin when none is given)."""
-    from afinar.engine import Engine
+    from afinar.assistant.engine import Engine
 
     engine = Engine([run], mode, backend=backend, log=lambda text: click.echo(text, err=True))
     questions = [question] if question else [line.strip() for line in sys.stdin if line.strip()]
@@ -189,15 +191,29 @@ def ask_cmd(run, question, as_json, mode, max_new_tokens, backend):
         if as_json:
             click.echo(json.dumps(reply.to_dict(), ensure_ascii=False))
         else:
-            from afinar.chat import marker
+            from afinar.cli.chat import marker
 
             click.echo(reply.answer + (f"\n{marker(reply)}" if marker(reply) else ""))
+
+
+@main.command("index")
+@click.argument("run", type=click.Path(path_type=Path))
+def index_cmd(run):
+    """Rebuild a run's index from its data files as they are now: new and changed records are answered without retraining."""
+    from afinar.index.store import rebuild_run_index
+
+    change = rebuild_run_index(run)
+    click.echo(f"index: {change.records} records ({len(change.added)} new, {len(change.removed)} gone) in {change.folder}")
+    for q in change.added[:10]:
+        click.echo(f"  + {q}")
+    for q in change.removed[:10]:
+        click.echo(f"  - {q}")
 
 
 @main.command("eval")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--probe", type=click.Path(path_type=Path), default=None, help="Probe JSONL (question, expect, reference, keys, kind); default: the recipe's eval.probe.")
-@click.option("--against", default="base", show_default=True, help="Compare with 'base' (the model without adapter) or another run folder on the same base.")
+@click.option("--against", default="base", show_default=True, help="Compare with 'base' (the model without adapter), another run folder on the same base, or 'none'.")
 @click.option("--endpoint", default=None, metavar="URL", help="Also score an OpenAI-compatible API, e.g. http://127.0.0.1:8000/v1 (key from OPENAI_API_KEY).")
 @click.option("--model", "endpoint_model", default=None, metavar="NAME", help="The model id to ask the --endpoint for.")
 @click.option("--max-new-tokens", type=int, default=None, help="Longest generated answer (default: the recipe's eval.max_new_tokens).")
@@ -207,7 +223,7 @@ def ask_cmd(run, question, as_json, mode, max_new_tokens, backend):
 def eval_cmd(run, probe, against, endpoint, endpoint_model, max_new_tokens, limit, out, no_progress):
     """Compare a tuned run with its base: loss, answer quality, domain behaviour; writes a report."""
     from afinar.evaluation import evaluate
-    from afinar.evaluation.report import summary_lines
+    from afinar.evaluation.summary import summary_lines
 
     result = evaluate(run, probe, against, endpoint, endpoint_model, max_new_tokens, limit, out, progress=not no_progress)
     for line in summary_lines(result.report):
@@ -237,7 +253,7 @@ def serve_cmd(runs, host, port, api_key, mode, max_queue, max_batch, studio, wor
         return
     import uvicorn
 
-    from afinar.engine import Engine
+    from afinar.assistant.engine import Engine
     from afinar.serving.api import ServeLimits, create_app
     from afinar.serving.studio import Studio
 
@@ -291,7 +307,7 @@ def export_cmd(run, to, out, qtype, repo, merged_weights, dry_run):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
 def doctor_cmd(recipe_path, overrides):
     """Report this machine's training setup and, for a recipe, estimated memory and time."""
-    from afinar.doctor_report import doctor_lines
+    from afinar.training.doctor import doctor_lines
 
     for line in doctor_lines(recipe_path, list(overrides)):
         click.echo(line)
@@ -307,7 +323,7 @@ def recipe():
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field.")
 def recipe_show(recipe_path, overrides):
     """Print the resolved recipe (defaults < file < --set)."""
-    from afinar.recipe import load_recipe
+    from afinar.recipes import load_recipe
 
     click.echo(load_recipe(recipe_path, list(overrides)).to_yaml(), nl=False)
 
@@ -315,7 +331,7 @@ def recipe_show(recipe_path, overrides):
 @recipe.command("fields")
 def recipe_fields():
     """List every recipe field with its default and meaning."""
-    from afinar.recipe import field_docs
+    from afinar.recipes import field_docs
 
     for key, default, doc in field_docs():
         click.echo(f"{key:32} {default:14} {doc}")
@@ -329,7 +345,7 @@ def recipes_group():
 @recipes_group.command("list")
 def recipes_list():
     """List the bundled recipes."""
-    from afinar.recipes_catalog import list_recipes
+    from afinar.recipes.catalog import list_recipes
 
     for r in list_recipes():
         click.echo(f"{r.name:18} {r.base_model:38} {r.schema:10} guard {r.guard:7} {', '.join(r.data)}")
@@ -340,7 +356,7 @@ def recipes_list():
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 def recipes_check(paths):
     """Validate recipes for their own (GPU) base models without downloading them."""
-    from afinar.recipes_catalog import check_gpu_settings, list_recipes
+    from afinar.recipes.catalog import check_gpu_settings, list_recipes
 
     for path in paths or [r.path for r in list_recipes()]:
         for line in check_gpu_settings(Path(path)):
@@ -351,10 +367,7 @@ def recipes_check(paths):
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("runs/demo"), help="Where the demo writes its files.")
 def demo(workdir):
     """Run the whole pipeline on the bundled Spanish tutor dataset and the embedded model."""
-    from afinar.demo import run_demo
+    from afinar.cli.demo import run_demo
 
     run_demo(workdir)
 
-
-if __name__ == "__main__":
-    main()

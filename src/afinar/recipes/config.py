@@ -87,6 +87,21 @@ class GuardConfig(_Section):
         return "off" if value is False else value
 
 
+class GroundingConfig(_Section):
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto", description="Put the best-matching records in the prompt, in training and at inference, so answers state the dataset's facts (also for records never trained on). 'auto': on for qa and messages data (records that carry knowledge), off for alpaca and user_story.")
+    k: int = Field(3, ge=1, le=10, description="Most records given with a question.")
+    margin: float = Field(0.02, ge=0.0, le=1.0, description="Records after the best one are given only when they score within this of it: one record when the ranking is confident (a 135M model copies well and chooses badly).")
+    distractor_only: float = Field(0.1, ge=0.0, le=0.5, description="Share of training questions given only other records (the right one left out), taught to answer with the refusal: the records do not cover this.")
+    on_unfaithful: Literal["flag", "curated"] = Field(
+        "curated", description="When a grounded answer states a number, time, price, e-mail, URL or name found in neither its records nor the question, or copies nothing from them (an echo of the question, garbled words): 'flag' it, or 'curated': answer with the best record's own answer instead (flagged too).")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
 class GenerationConfig(_Section):
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Longest answer in tokens.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding (the default for domain assistants).")
@@ -117,6 +132,7 @@ class Recipe(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter settings.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Keeping the assistant inside its domain.")
+    grounding: GroundingConfig = Field(default_factory=GroundingConfig, description="Answering from the dataset's records, given in the prompt.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="What `afinar eval` asks and how.")
     interview: InterviewConfig | None = Field(None, description="Optional guided interview.")
@@ -126,6 +142,13 @@ class Recipe(_Section):
         if self.guard.mode == "auto":
             return "refuse" if self.refusal else "off"
         return self.guard.mode
+
+    @property
+    def grounded(self) -> bool:
+        """Whether answers are grounded on records (`grounding.mode`, 'auto' by the data's schema)."""
+        if self.grounding.mode == "auto":
+            return self.data.schema_ in ("auto", "qa", "messages")
+        return self.grounding.mode == "on"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

@@ -1,7 +1,7 @@
-"""`afinar doctor [RECIPE]`: what this machine can do, and whether a recipe's run will fit.
+"""Memory and time estimates of a recipe's training run, made before anything is loaded.
 
-The environment part reports torch, the device, bf16 support, the bitsandbytes backend and free
-memory. For a recipe it estimates peak memory and time per epoch before anything is loaded:
+Used by `afinar doctor` (training/doctor.py) and by the run's automatic settings
+(training/runtime.py: gradient checkpointing and micro-batch size when memory requires):
   1. count parameters exactly by building the model on the `meta` device from its config;
   2. memory = frozen weights (bf16, fp32 or ~0.55 bytes/param for NF4) + adapters with AdamW
      states (16 bytes/param) + activations for one micro-batch: ~96*hidden bytes per token per
@@ -11,7 +11,6 @@ memory. For a recipe it estimates peak memory and time per epoch before anything
   3. time = tokens per epoch x ~4N FLOPs per token (LoRA: forward plus the input-gradient half
      of backward; frozen weights need no weight gradients) / this device's measured matmul
      throughput x an efficiency factor seen here (0.35).
-The seeds fought 4-6 GB GPUs and VMs that ran out of memory: a run that will not fit is flagged.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from afinar.errors import AfinarError
-from afinar.recipe import Recipe
+from afinar.recipes import Recipe
 
 EFFICIENCY = 0.35
 GIB = 1024**3
@@ -81,32 +80,6 @@ def matmul_flops(dtype: torch.dtype = torch.bfloat16, size: int = 1024, seconds:
     if device == "cuda":
         torch.cuda.synchronize()
     return 2 * size**3 * runs / (time.perf_counter() - start)
-
-
-def environment() -> dict[str, str]:
-    """Facts about this machine that decide how afinar trains."""
-    from afinar.training.runtime import available_ram, cpu_supports_bf16
-
-    info = {"torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu"}
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info["gpu"] = f"{props.name}, {props.total_memory / GIB:.1f} GB, {torch.cuda.device_count()} device(s)"
-        info["bf16"] = "yes" if torch.cuda.is_bf16_supported() else "no (fp16 autocast)"
-    else:
-        info["cpu threads"] = str(torch.get_num_threads())
-        info["bf16"] = "yes (AVX-512 BF16/AMX)" if cpu_supports_bf16() else "no (fp32)"
-    info["free memory"] = f"{available_ram() / GIB:.1f} GB RAM"
-    info["bitsandbytes"] = _bnb_backend()
-    return info
-
-
-def _bnb_backend() -> str:
-    try:
-        import bitsandbytes as bnb
-    except Exception as exc:  # bitsandbytes raises many kinds of errors on unsupported platforms
-        return f"not usable ({type(exc).__name__}); QLoRA unavailable"
-    backend = "cuda" if torch.cuda.is_available() else "cpu"
-    return f"{bnb.__version__} ({backend} backend: NF4 QLoRA available)"
 
 
 def time_per_epoch(recipe: Recipe, tokens_per_epoch: int, flops: float) -> float:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from afinar.guard.text import normalise, terms
+from afinar.index.text import normalise, terms
 
 # Phrases that carry no request of their own (matched on normalised, accent-free text in which
 # the marker characters of fake headers, `SYSTEM:`, `### Instrucción`, `[ADMIN]`, `<|im_start|>`,

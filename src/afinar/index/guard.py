@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from afinar.guard.injection import asks_for_instructions, strip_injection
-from afinar.guard.text import IdfIndex, terms
+from afinar.index.injection import asks_for_instructions, strip_injection
+from afinar.index.text import IdfIndex, terms
 
 # Weights of the three signals (see the module docstring); a score is their weighted mean.
 PASSAGE_WEIGHT, QUESTION_WEIGHT, COVERAGE_WEIGHT = 1.0, 0.25, 0.10
@@ -63,6 +63,7 @@ class Decision:
     record: Record | None
     reason: str  # in_domain | out_of_domain | asks_for_instructions | empty | like_a_refusal_example | ambiguous
     latency_ms: float = 0.0
+    scores: np.ndarray | None = field(default=None, repr=False)  # every record's score: grounding's ranking
 
 
 @dataclass
@@ -122,10 +123,10 @@ class DomainGuard:
         inside = score >= threshold
         record = self.records[best]
         if inside and record.refusal:  # closest to one of the dataset's own refusal examples
-            return Decision(False, score, record, "like_a_refusal_example", _ms(start))
+            return Decision(False, score, record, "like_a_refusal_example", _ms(start), row)
         if inside and mode == "strict" and self._torn(row, best):
-            return Decision(False, score, record, "ambiguous", _ms(start))
-        return Decision(inside, score, record, "in_domain" if inside else "out_of_domain", _ms(start))
+            return Decision(False, score, record, "ambiguous", _ms(start), row)
+        return Decision(inside, score, record, "in_domain" if inside else "out_of_domain", _ms(start), row)
 
     def _torn(self, row: np.ndarray, best: int) -> bool:
         """True when a record on another topic scores within STRICT_MARGIN of the best one."""

@@ -8,6 +8,12 @@ guard to the last user message first:
   - refuse:  out-of-domain questions get the recipe's refusal and nothing is generated;
   - strict:  the curated answer of the best-matching training record, or the refusal; never
              free text.
+Grounded runs (`grounding`, on by default for FAQs and transcripts) generate with the records the
+guard's ranking gives (index/grounding.py) in the prompt, laid out by `chat_template.with_context`
+as in training; the reply names them (`sources`, like citations) and lists any number, time, price,
+e-mail, URL or name found in neither them nor the question (`invented`, faithfulness.py), and
+whether it copies anything from them at all (`unsupported`); with `grounding.on_unfaithful:
+curated` such an answer is replaced by the best record's own answer.
 `engine.stream(...)` yields the reply as it is generated (the guard's decision comes first).
 Generation is greedy by default, uses the KV cache and stops at the template's end of turn;
 concurrent replies (the API's clients) are generated in one batch by `batcher.Batcher`. With
@@ -20,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from afinar.errors import AfinarError
@@ -41,6 +47,10 @@ class Reply:
     tokens: int = 0  # new tokens generated (0 when the guard answered)
     prompt_tokens: int = 0
     truncated: bool = False  # stopped at max_new_tokens rather than at the end of turn
+    sources: list[dict] = field(default_factory=list)  # the records given with the question, in prompt order
+    invented: list[str] = field(default_factory=list)  # facts in the generated text found in no source
+    unsupported: bool = False  # the generated text copies nothing from its records (an echo, garbled words)
+    replaced: bool = False  # the generated text was unfaithful; `answer` is the best record's own
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("tokens", "prompt_tokens", "truncated")}
@@ -63,7 +73,8 @@ class Engine:
                  log=print):
         """`backend`: 'torch' (the base model once, every adapter on it, concurrent replies batched)
         or 'llamacpp' (each run exported to GGUF with its adapter merged; fastest one at a time)."""
-        from afinar.generation import load_run, read_run
+        from afinar.assistant.generation import load_run
+        from afinar.models import read_run
 
         if not run_dirs:
             raise AfinarError("name at least one run folder (runs/<name>)")
@@ -75,7 +86,7 @@ class Engine:
         self._llama: dict[str, object] = {}  # persona -> LlamaCppGenerator
         self.lock = threading.Lock()  # held while adapters are added
         if backend == "torch":
-            from afinar.batcher import Batcher
+            from afinar.assistant.batcher import Batcher
 
             first = load_run(run_dirs[0])
             self.model = first.model
@@ -91,7 +102,7 @@ class Engine:
         self.current = next(iter(self.personas))
 
     def _add(self, run_dir: Path, recipe, tokenizer, mode: str | None, adapter_name: str) -> None:
-        from afinar.guard.store import load_run_guard
+        from afinar.index.store import load_run_guard
 
         name = recipe.name
         if name in self.personas:
@@ -99,9 +110,10 @@ class Engine:
         chosen = mode or recipe.guard_mode
         if chosen != "off" and not recipe.refusal:
             raise AfinarError(f"{run_dir}: guard mode {chosen!r} needs the recipe's `refusal` message")
-        guard = _off_thread(load_run_guard, run_dir, threshold=recipe.guard.threshold) if chosen != "off" else None
+        needs_index = chosen != "off" or recipe.grounded
+        guard = _off_thread(load_run_guard, run_dir, threshold=recipe.guard.threshold) if needs_index else None
         if self.backend == "llamacpp":
-            from afinar.llamacpp import LlamaCppGenerator
+            from afinar.assistant.llamacpp import LlamaCppGenerator
 
             self._llama[name] = LlamaCppGenerator(run_dir, recipe, log=self._log)
         self.personas[name] = _Persona(name, run_dir, recipe, tokenizer, guard)
@@ -109,7 +121,7 @@ class Engine:
         self._adapter_names[name] = adapter_name
 
     def _load_more(self, run_dir: Path, mode: str | None) -> None:
-        from afinar.generation import read_run
+        from afinar.models import read_run
 
         recipe, tokenizer, adapter = read_run(run_dir)
         base = self.personas[next(iter(self.personas))].recipe.base_model
@@ -125,6 +137,14 @@ class Engine:
         with self.lock:  # not while replies are being generated
             self._load_more(Path(run_dir), None)
         return list(self.personas)[-1]
+
+    def reload_index(self, run_dir: str | Path) -> None:
+        """Load a run's index again (rebuilt by `afinar index` or the studio) without a restart."""
+        from afinar.index.store import load_run_guard
+
+        for p in self.personas.values():
+            if p.run_dir.resolve() == Path(run_dir).resolve() and p.guard is not None:
+                p.guard = _off_thread(load_run_guard, p.run_dir, threshold=p.recipe.guard.threshold)
 
     @property
     def names(self) -> list[str]:
@@ -145,26 +165,40 @@ class Engine:
         return int(getattr(config, "max_position_embeddings", 0) or 2048)
 
     def prompt_tokens(self, messages: list[dict[str, str]], adapter: str | None = None) -> int:
-        """How many tokens the rendered prompt (system prompt and chat template included) takes."""
-        from afinar.chat_template import render_prompt, with_system
-
+        """How many tokens the rendered prompt (system prompt, records and chat template included) takes."""
         p = self.persona(adapter)
-        prompt = render_prompt(p.tokenizer, with_system(messages, p.recipe.system_prompt))
-        return len(p.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        _, context = self.route(messages, p.name)
+        return len(p.tokenizer(self._prompt(p, messages, context), add_special_tokens=False)["input_ids"])
 
     def decide(self, messages: list[dict[str, str]], adapter: str | None = None) -> Reply | None:
         """The guard's answer when it does not let the model generate (None: generate)."""
+        return self.route(messages, adapter)[0]
+
+    def route(self, messages: list[dict[str, str]], adapter: str | None = None) -> tuple[Reply | None, list[int]]:
+        """(the guard's own answer, or None to generate; the records to ground the generation on)."""
+        from afinar.index.grounding import select
+
         p = self.persona(adapter)
         mode = p.recipe.guard.mode
-        if mode == "off" or p.guard is None:
-            return None
+        if p.guard is None:
+            return None, []
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        d = _off_thread(p.guard.check, question, mode)
-        if not d.in_domain:
-            return Reply(p.recipe.refusal, True, mode, p.name, None, round(d.score, 4), d.latency_ms)
+        d = _off_thread(p.guard.check, question, "refuse" if mode == "off" else mode)
+        if mode != "off" and not d.in_domain:
+            return Reply(p.recipe.refusal, True, mode, p.name, None, round(d.score, 4), d.latency_ms), []
         if mode == "strict":
-            return Reply(d.record.answer, False, mode, p.name, d.record.source, round(d.score, 4), d.latency_ms)
-        return None
+            return Reply(d.record.answer, False, mode, p.name, d.record.source, round(d.score, 4), d.latency_ms), []
+        if not p.recipe.grounded or d.scores is None:
+            return None, []
+        g = p.recipe.grounding
+        return None, select(d.scores, g.k, g.margin)
+
+    def _prompt(self, p: _Persona, messages: list[dict[str, str]], context: list[int]) -> str:
+        from afinar.chat_template import render_prompt, with_context
+        from afinar.index.grounding import pairs
+
+        records = pairs(p.guard.records, context) if context else None
+        return render_prompt(p.tokenizer, with_context(messages, p.recipe.system_prompt, records))
 
     def reply(self, messages: list[dict[str, str]], adapter: str | None = None, max_new_tokens: int | None = None,
               **options) -> Reply:
@@ -187,27 +221,46 @@ class Engine:
         `min_new_tokens` holds back the end of turn until that many tokens (for benchmarks).
         """
         p = self.persona(adapter)
-        decided = self.decide(messages, p.name)
+        decided, context = self.route(messages, p.name)
         if decided is not None:
             yield decided.answer
             yield decided
             return
         gen = p.recipe.generation.model_copy(update={k: v for k, v in (("temperature", temperature), ("top_p", top_p)) if v is not None})
         text, counts = [], {}
-        for chunk in self._generate(p, messages, max_new_tokens, gen, cancel, counts, min_new_tokens):
+        for chunk in self._generate(p, self._prompt(p, messages, context), max_new_tokens, gen, cancel, counts, min_new_tokens):
             text.append(chunk)
             yield chunk
-        yield Reply("".join(text).strip(), False, p.recipe.guard.mode, p.name, tokens=counts.get("new", 0),
-                    prompt_tokens=counts.get("prompt", 0), truncated=counts.get("truncated", False))
+        reply = Reply("".join(text).strip(), False, p.recipe.guard.mode, p.name, tokens=counts.get("new", 0),
+                      prompt_tokens=counts.get("prompt", 0), truncated=counts.get("truncated", False))
+        yield self._checked(p, reply, messages, context)
 
-    def _generate(self, p: _Persona, messages, max_new_tokens: int | None, gen, cancel, counts: dict,
+    def _checked(self, p: _Persona, reply: Reply, messages, context: list[int]) -> Reply:
+        """A grounded reply with its sources and faithfulness; replaced by the best record's own
+        answer when it is unfaithful and the recipe says `on_unfaithful: curated`."""
+        from afinar.assistant.faithfulness import check
+
+        if not context:
+            return reply
+        if p.recipe.refusal and _fold(p.recipe.refusal) in _fold(reply.answer):  # "the records do not cover this"
+            reply.refused = True
+            return reply
+        records = [p.guard.records[i] for i in context]
+        reply.sources = [{"n": n, "source": r.source, "question": r.questions[0]} for n, r in enumerate(records, 1)]
+        reply.source = records[0].source
+        asked = " ".join(m["content"] for m in messages if m["role"] == "user")
+        verdict = check(reply.answer, [(r.questions[0], r.answer) for r in records], asked)
+        reply.invented, reply.unsupported = verdict.invented, not verdict.supported
+        if not verdict.faithful and p.recipe.grounding.on_unfaithful == "curated":
+            reply.answer, reply.replaced = records[0].answer, True
+        return reply
+
+    def _generate(self, p: _Persona, prompt: str, max_new_tokens: int | None, gen, cancel, counts: dict,
                   min_new_tokens: int | None = None) -> Iterator[str]:
         """Text chunks of one reply, generated in a batch with any other replies asked meanwhile."""
-        from afinar.batcher import DONE, Request
-        from afinar.chat_template import render_prompt, with_system
-        from afinar.generation import generation_settings
+        from afinar.assistant.batcher import DONE, Request
+        from afinar.assistant.generation import generation_settings
 
-        prompt = render_prompt(p.tokenizer, with_system(messages, p.recipe.system_prompt))
         settings = generation_settings(p.tokenizer, gen, max_new_tokens)
         if min_new_tokens:
             settings["min_new_tokens"] = min_new_tokens
@@ -220,6 +273,12 @@ class Engine:
         if request.error is not None:
             raise request.error
         counts.update(prompt=request.prompt_tokens, new=request.new_tokens, truncated=request.truncated)
+
+
+def _fold(text: str) -> str:
+    from afinar.assistant.faithfulness import _fold as fold
+
+    return " ".join(fold(text).split())
 
 
 def _off_thread(fn, *args, **kwargs):
