@@ -24,7 +24,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration"
 
 # The contenders TRL and llama-cpp-python are installed on the first run (llama.cpp builds from
-# source: ~5 min once); the benchmarks then take ~25 min on 2 cores and rewrite BENCHMARKS.md.
+# source: ~5 min once); the benchmarks then take ~55 min on 2 cores (grounding: ~30) and rewrite BENCHMARKS.md.
 $(BENCH_STAMP): $(STAMP)
 	@echo "afinar: installing the benchmark's contenders (TRL, llama-cpp-python: builds llama.cpp, ~5 min once)"
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]" 2>&1 | grep -v "is ignored" || true
@@ -36,6 +36,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/train_scaling.py
 	$(PY) bench/inference_speed.py
 	$(PY) bench/guard_bench.py > /dev/null
+	$(PY) bench/grounding_bench.py --domains buses dental --no-base
 	$(PY) bench/serve_load.py --seconds 90
 	$(PY) bench/report.py
 

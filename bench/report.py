@@ -181,6 +181,34 @@ def _inference_verdicts(data: dict) -> list[tuple[str, str, bool]]:
     return verdicts(data["results"], data.get("guard"))
 
 
+def grounding_section(data: dict | None) -> list[str]:
+    """Issue 17's figures per FAQ and configuration (bench/grounding_bench.py), refuse mode."""
+    if not data:
+        return ["## Grounded answers", "", "Not run yet: `python bench/grounding_bench.py`.", ""]
+    lines = ["## Grounded answers on unseen FAQs (refuse mode, embedded model)", "",
+             "Command: `python bench/grounding_bench.py --domains NAME [--set grounding.mode=off]` (the recipe "
+             "`afinar init` writes, trained and asked as users ask; docs/grounding.md). keys: in-domain paraphrases "
+             "let through by the guard whose served answer holds all their key facts; model: the same for the "
+             "model's own text, before a replacement by the best record's answer; held out: paraphrases of records "
+             "held out from training. Targets (issue 17): keys >= 90%, held out >= 80%, invented <= 2%.", "",
+             "| FAQ | role | recipe | keys | model | held out | let through | near misses refused | invented "
+             "| ungrounded keys | new records | s/epoch | TTFT p50 grounded / not |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+    pct = lambda v: "-" if v is None else f"{v:.0%}"
+    for name, runs in data.items():
+        for label, r in runs.items():
+            if label == "role":
+                continue
+            t, u, ttft = r["refuse"], r.get("ungrounded") or {}, r.get("ttft_ms_p50") or {}
+            new = (r.get("new_records") or {}).get("answered_with_keys", "-")
+            lines.append(f"| {name} | {runs['role']} | {label} | {pct(t['keys'])} ({t['n_through']}) "
+                         f"| {pct(t.get('keys_model_alone'))} | {pct(t['keys_held_out'])} ({t['n_held_out']}) "
+                         f"| {pct(t['let_through'])} | {pct(t['near_miss_refused'])} | {pct(t['invented'])} "
+                         f"| {pct(u.get('keys'))} | {new} | {r['seconds_per_epoch']} "
+                         f"| {ttft.get('grounded')} / {ttft.get('ungrounded')} ms |")
+    return lines + [""]
+
+
 def main() -> None:
     parts = ["# Benchmarks", "", "Written by `make bench` (bench/report.py) from bench/results/*.json; "
              "timings on shared 2-core machines are noisy, so compare ratios measured in one run.", ""]
@@ -192,6 +220,7 @@ def main() -> None:
     parts += packing_section(_load("packing.json"))
     parts += inference_section(inference)
     parts += guard_section(_load("guard.json"))
+    parts += grounding_section(_load("grounding.json"))
     parts += serve_section(_load("serve_load.json"))
     OUT.write_text("\n".join(parts) + "\n", encoding="utf-8")
     print("\n".join(targets))

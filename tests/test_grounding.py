@@ -191,3 +191,16 @@ def test_the_studio_reindexes_a_run_when_its_dataset_is_uploaded_again(tmp_path,
         "/studio/datasets", files={"file": ("faq.csv", edited.encode(), "text/csv")}).json()
     assert report["ok"] and report["reindexed"] == ["biblio"]
     assert engine.reply([{"role": "user", "content": "¿prestan laptops?"}]).answer.startswith("Sí, 10 laptops")
+
+
+def test_typed_variants_look_like_what_users_type():
+    import random
+
+    from afinar.data.augment import typed_variant
+
+    rng = random.Random(3)
+    question = "¿Cuánto cuesta la membresía mensual del gimnasio?"
+    variants = {typed_variant(question, rng) for _ in range(40)}
+    assert len(variants) > 5 and question not in variants
+    assert all("¿" not in v and v == v.lower() for v in variants)
+    assert any("cuanto" in v for v in variants) and any(len(v.split()) <= 4 for v in variants)  # accents dropped; key words only

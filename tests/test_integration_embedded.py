@@ -11,12 +11,15 @@ pytestmark = pytest.mark.integration
 
 
 def demo_recipe(tmp_path, *overrides):
+    """The demo recipe, shortened; ungrounded unless asked (its tutor answers make long records, and
+    grounding has its own integration test below)."""
     return load_recipe(demo_recipe_path(), [f"train.output_dir={tmp_path / 'runs'}", "train.batch_size=2",
-                                            "data.eval_fraction=0.05", "data.paraphrases=0", *overrides])
+                                            "data.eval_fraction=0.05", "data.paraphrases=0", "grounding.mode=off",
+                                            *overrides])
 
 
 def test_embedded_lora_trains_and_answers(tmp_path, embedded):
-    result = train(demo_recipe(tmp_path, "train.max_steps=3"), progress=False)
+    result = train(demo_recipe(tmp_path, "train.max_steps=3", "grounding.mode=on", "grounding.k=1"), progress=False)
     assert result.steps == 3 and result.best_eval_loss < result.base_eval_loss
     run = load_run(result.run_dir)
     answer = generate_answer(run.model, run.tokenizer, [{"role": "user", "content": "¿Qué es una pila?"}],
