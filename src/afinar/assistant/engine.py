@@ -238,11 +238,11 @@ class Engine:
     def _checked(self, p: _Persona, reply: Reply, messages, context: list[int]) -> Reply:
         """A grounded reply with its sources and faithfulness; replaced by the best record's own
         answer when it is unfaithful and the recipe says `on_unfaithful: curated`."""
-        from afinar.assistant.faithfulness import check
+        from afinar.assistant.faithfulness import check, says_refusal
 
         if not context:
             return reply
-        if p.recipe.refusal and _fold(p.recipe.refusal) in _fold(reply.answer):  # "the records do not cover this"
+        if says_refusal(reply.answer, p.recipe.refusal):
             reply.refused = True
             return reply
         records = [p.guard.records[i] for i in context]
@@ -273,12 +273,6 @@ class Engine:
         if request.error is not None:
             raise request.error
         counts.update(prompt=request.prompt_tokens, new=request.new_tokens, truncated=request.truncated)
-
-
-def _fold(text: str) -> str:
-    from afinar.assistant.faithfulness import _fold as fold
-
-    return " ".join(fold(text).split())
 
 
 def _off_thread(fn, *args, **kwargs):

@@ -76,6 +76,11 @@ def check(answer: str, records: list[tuple[str, str]], question: str) -> Verdict
     return Verdict(invented_facts(answer, sources), max((copied_run(answer, a) for _, a in records), default=0))
 
 
+def says_refusal(answer: str, refusal: str) -> bool:
+    """Whether a generated answer is (or contains) the recipe's refusal: "the records do not cover this"."""
+    return bool(refusal) and " ".join(_fold(refusal).split()) in " ".join(_fold(answer).split())
+
+
 def copied_run(answer: str, source: str) -> int:
     """Length in words of the longest run of `answer` found word for word in `source` (case and
     accents ignored); dynamic programming over the two word lists, fine for answers this short."""
