@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# pytest-xdist workers (each gets its share of the cores: tests/conftest.py)
+TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.afinar-installed
 BENCH_STAMP := $(VENV)/.afinar-bench-installed
 
@@ -18,10 +20,10 @@ demo: $(STAMP)
 	$(VENV)/bin/afinar demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not integration"
 
 # The contenders TRL and llama-cpp-python are installed on the first run (llama.cpp builds from
 # source: ~5 min once); the benchmarks then take ~55 min on 2 cores (grounding: ~30) and rewrite BENCHMARKS.md.

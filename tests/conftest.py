@@ -28,6 +28,16 @@ CORPUS = [
 ] * 20
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs 2 workers) each worker gets its share of the cores:
+    two workers with torch's default thread count each would fight over the same ones."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or workers) // workers))
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
     """Point home, the HF cache and the working folder at tmp_path; forbid hub access."""
@@ -96,17 +106,26 @@ def tiny_tokenizer(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def embedded_cache(tmp_path_factory) -> Path:
-    """One conversion of the embedded model per test session, shared by integration tests."""
-    return Path(os.environ.get("AFINAR_CACHE") or tmp_path_factory.mktemp("afinar-cache"))
+    """One conversion of the embedded model per test session, shared by integration tests and by
+    the pytest-xdist workers (their base folders share a parent; ~60 s per conversion here)."""
+    if os.environ.get("AFINAR_CACHE"):
+        return Path(os.environ["AFINAR_CACHE"])
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else tmp_path_factory.getbasetemp()
+    (shared / "afinar-cache").mkdir(parents=True, exist_ok=True)
+    return shared / "afinar-cache"
 
 
 @pytest.fixture
 def embedded(embedded_cache, monkeypatch) -> Path:
-    """The embedded model's safetensors folder (converted on first use in this session)."""
+    """The embedded model's safetensors folder (converted on first use in this session; a worker
+    that finds another converting waits for it)."""
+    from filelock import FileLock
+
     from afinar.models import ensure_embedded_model
 
     monkeypatch.setenv("AFINAR_CACHE", str(embedded_cache))
-    return ensure_embedded_model()
+    with FileLock(str(embedded_cache / "embedded.lock")):
+        return ensure_embedded_model()
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:

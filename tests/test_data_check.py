@@ -152,3 +152,48 @@ def test_report_json_is_serialisable(tmp_path):
     report = check_data([jsonl(tmp_path / "d.jsonl", qa_rows(10))])
     data = json.loads(json.dumps(report.to_dict()))
     assert data["ok"] is True and data["usable"] == 10 and data["files"][0]["schema"] == "qa"
+
+
+def test_null_spellings_in_a_csv_are_missing_and_reported_by_line(tmp_path):
+    # line 1 is the header, row i is on line i + 2: line 5 an empty cell, 9-14 and 22 a "missing" spelling
+    rows = [f"¿Pregunta {i}?;Respuesta {i}." for i in range(20)]
+    rows[3] = "¿Vacía?;"
+    spellings = {7: "null", 8: "NULL", 9: "None", 10: "N/A", 11: "NaN", 12: "#N/A"}
+    for idx, word in spellings.items():
+        rows[idx] = f"¿Pregunta {idx}?;{word}"
+    rows.append("¿Guion?; - ")
+    report = check_data([write(tmp_path / "faq.csv", "pregunta;respuesta\n" + "\n".join(rows) + "\n")])
+    errors = {i.line: i.message for i in report.errors if i.line}
+    assert errors[5] == "empty 'respuesta'"
+    for idx, word in spellings.items():
+        assert f"holds {word!r}, taken as a missing value" in errors[idx + 2]
+    assert "holds '-'" in errors[22]
+    assert report.n_invalid == 8 and len(report.examples) == 13 and report.n_records == 21
+    assert not any(m["content"].casefold() in ("null", "none", "n/a", "nan", "#n/a", "-")
+                   for ex in report.examples for m in ex.messages)
+
+
+def test_openai_content_parts_are_joined_and_image_parts_reported(tmp_path):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "¿Abren"}, {"type": "text", "text": "el sábado?"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "Sí, de 9 a 13."}]}]
+    image = [{"role": "user", "content": [{"type": "text", "text": "¿Qué es esto?"},
+                                          {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+             {"role": "assistant", "content": "Un recibo."}]
+    rows = [{"messages": [{"role": "user", "content": f"¿P{i}?"}, {"role": "assistant", "content": f"R{i}"}]} for i in range(10)]
+    report = check_data([jsonl(tmp_path / "chat.jsonl", rows + [{"messages": parts}, {"messages": image}])])
+    assert len(report.examples) == 11
+    assert report.examples[-1].messages == [{"role": "user", "content": "¿Abren\nel sábado?"},
+                                            {"role": "assistant", "content": "Sí, de 9 a 13."}]
+    (err,) = report.errors
+    assert err.line == 12 and "turn 1 (user) part 2 is an 'image_url' part" in err.message
+    assert "empty content" not in " ".join(messages_of(report))
+
+
+def test_a_line_in_another_schemas_shape_names_its_keys_and_schema(tmp_path):
+    rows = qa_rows(10) + [{"instruction": "Resume el texto", "output": "Un resumen."}, {"tema": "horarios"}]
+    report = check_data([jsonl(tmp_path / "faq.jsonl", rows)])
+    by_line = {i.line: i.message for i in report.errors}
+    assert "missing 'pregunta' and 'respuesta'" in by_line[11]
+    assert "'instruction', 'output'" in by_line[11] and "'alpaca' schema" in by_line[11]
+    assert by_line[12] == "missing 'pregunta' and 'respuesta': this line has 'tema'"
+    assert report.n_invalid == 2

@@ -132,6 +132,48 @@ def test_batched_generation_equals_one_at_a_time(run_dir):
     assert batched == single and run.tokenizer.padding_side == "right"
 
 
+def test_eval_answers_are_greedy_and_the_same_whatever_shares_their_batch(run_dir):
+    """Measured on the embedded model too (fp32, 24 grounded questions of a held-out FAQ, 48 tokens):
+    one at a time, batches of 8, shuffled batches and a second pass gave identical answers."""
+    from afinar.assistant.generation import load_run
+    from afinar.evaluation.contestants import LocalModel
+    from afinar.evaluation.probe import EvalItem
+
+    run = load_run(run_dir)
+    run.recipe.generation.temperature = 1.0  # a chat recipe may sample; eval must not
+    model = LocalModel("tuned", "t", run.model, run.tokenizer, run.recipe, "default")
+    questions = ["¿Qué es la pila 1?", "hola", "¿Qué es una pila larga y cuándo se usa?", "pila 7", "¿y la 3?"]
+    items = [EvalItem([{"role": "user", "content": q}], "answer") for q in questions]
+    first = model.answers(items, 6, batch_size=2)
+    assert model.answers(items, 6, batch_size=2) == first  # sampling would differ between two passes
+    assert model.answers(items, 6, batch_size=1) == first
+    reordered = model.answers(items[::-1], 6, batch_size=3)[::-1]
+    assert reordered == first
+
+
+def test_chrf_verdict_needs_a_significant_difference():
+    """sacrebleu's paired bootstrap decides: a one-answer difference is 'same', a clear one is not."""
+    from afinar.evaluation.metrics import paired_chrf
+    from afinar.evaluation.summary import verdict
+
+    refs = [f"La pila {i} guarda los datos en orden LIFO y se vacía desde arriba." for i in range(20)]
+    near = list(refs)
+    near[0] = "Una pila."
+    far = ["No sé." for _ in refs]
+    close, clear = paired_chrf(refs, near, refs), paired_chrf(refs, far, refs)
+    assert close["p_value"] >= 0.05 and close["tuned"] < close["rival"]
+    assert clear["p_value"] < 0.05 and clear["tuned_ci"] >= 0
+    def report(test):
+        held = {"tuned/off": {"chrf": test["tuned"]}, "base/off": {"chrf": test["rival"]}}
+        loss = {"eval_loss": 2.0, "perplexity": 7.4}
+        return {"contestants": [{"name": "tuned"}, {"name": "base"}], "loss": {"tuned": loss, "base": loss},
+                "summary": {"held_out": held}, "significance": {"chrf": test}}
+    row = next(r for r in verdict(report(close)) if r["figure"] == "chrF")
+    assert row["same"] and row["p_value"] == close["p_value"]
+    row = next(r for r in verdict(report(clear)) if r["figure"] == "chrF")
+    assert not row["same"] and not row["better"]
+
+
 def test_eval_writes_report_with_the_run_figures(run_dir, probe, tmp_path):
     result = evaluate(run_dir, probe, out_dir=tmp_path / "ev", progress=False, log=lambda *a: None)
     for name in ("eval.json", "report.html", "quality.png", "domain.png", "loss.png"):
@@ -146,6 +188,8 @@ def test_eval_writes_report_with_the_run_figures(run_dir, probe, tmp_path):
     grounded_modes = {f"{c}/{m}" for c in ("tuned", "ungrounded") for m in ("off", "refuse", "strict")}
     assert set(report["summary"]["probe"]) == grounded_modes | {"base/off"}  # grounded run: also its answers without records
     assert report["grounded"] and all(item["records"] for item in report["items"])  # each question with its records
+    sig = report["significance"]["chrf"]
+    assert sig["rival_name"] == "base" and 0 <= sig["p_value"] <= 1 and sig["tuned"] == pytest.approx(report["summary"]["held_out"]["tuned/off"]["chrf"], abs=0.01)
     assert all("[1] " in html_text for html_text in [result.html_path.read_text()])
     strict = report["summary"]["probe"]["tuned/strict"]
     assert strict["out_of_domain_refused"] == 1 and strict["injection_refused"] == 1 and strict["wrongly_refused"] == 0

@@ -131,12 +131,13 @@ def test_a_record_added_after_training_is_served_after_the_index_rebuild(tmp_pat
 
     run = faq_run(tmp_path, tiny_model_dir)
     assert json.loads((run / "guard" / "guard.json").read_text())["records"]  # every record, held-out ones too
+    serving = Engine([run], mode="strict")  # a server started before the edit, as `afinar serve` would be
     with (tmp_path / "faq.csv").open("a", encoding="utf-8") as fh:
         fh.write("¿Abren los domingos?;Los domingos abrimos de 10:00 a 13:00 solo en verano.\n")
     out = CliRunner().invoke(main, ["index", str(run)])
     assert out.exit_code == 0 and "1 new" in out.output and "+ ¿Abren los domingos?" in out.output
-    strict = Engine([run], mode="strict").reply([{"role": "user", "content": "¿abren los domingos?"}])
-    assert strict.answer.startswith("Los domingos abrimos de 10:00")  # no training: the index alone
+    strict = serving.reply([{"role": "user", "content": "¿abren los domingos?"}])
+    assert strict.answer.startswith("Los domingos abrimos de 10:00")  # no training, no restart: the index alone
     engine = Engine([run], mode="refuse")
     reply = engine.reply([{"role": "user", "content": "¿abren los domingos?"}], max_new_tokens=6)
     assert reply.sources[0]["question"] == "¿Abren los domingos?"  # the new record is in the prompt, first

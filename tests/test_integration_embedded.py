@@ -29,9 +29,9 @@ def test_embedded_lora_trains_and_answers(tmp_path, embedded):
 
     from afinar.evaluation import evaluate
 
-    report = evaluate(result.run_dir, max_new_tokens=24, limit=4, progress=False, log=lambda *a: None).report
+    report = evaluate(result.run_dir, max_new_tokens=16, limit=2, progress=False, log=lambda *a: None, ungrounded=False).report
     assert report["loss"]["tuned"]["eval_loss"] < report["loss"]["base"]["eval_loss"]
-    assert report["probe"].endswith("tutor_sondeo.jsonl") and len(report["items"]) == 8
+    assert report["probe"].endswith("tutor_sondeo.jsonl") and len(report["items"]) == 4
     assert all(item["replies"]["tuned/off"]["text"] for item in report["items"])  # bf16 batched generation answers
 
 
@@ -54,23 +54,28 @@ def test_embedded_ask_cli_refuses_out_of_domain_and_answers_in_domain(tmp_path, 
 def test_embedded_qlora_nf4_trains_on_cpu(tmp_path, embedded):
     from safetensors.torch import load_file
 
-    result = train(demo_recipe(tmp_path, "quantization=nf4", "train.max_steps=1"), progress=False)
+    # one step, no eval split and no guard: what this proves is NF4 training on a CPU (the rest is
+    # the LoRA test's); an NF4 forward costs seconds here
+    result = train(demo_recipe(tmp_path, "quantization=nf4", "train.max_steps=1", "data.eval_fraction=0",
+                               "guard.mode=off"), progress=False)
     adapter = load_file(result.adapter_dir / "adapter_model.safetensors")
     assert result.steps == 1 and any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
 
 
 def test_embedded_exports_agree_with_the_adapter(tmp_path, embedded):
-    """Merged, GGUF (f16, q8_0) and the Ollama Modelfile of a real run behave like base + adapter."""
+    """One Ollama export of a real run does every check: the merge behaves like base + adapter,
+    the q8_0 GGUF read back behaves like the merge, the Modelfile carries the trained template.
+    (f16 and the other types are round-tripped on the tiny model, tests/test_export.py.)"""
+    import re
+
     from afinar.export import export_run
     from afinar.export.ollama import parse_modelfile
 
     result = train(demo_recipe(tmp_path, "train.max_steps=2"), progress=False)
-    quiet = lambda *a: None
-    merged = export_run(result.run_dir, "merged", tmp_path / "merged", log=quiet)
-    assert "same greedy next token everywhere: True" in merged.checks[0]
-    f16 = export_run(result.run_dir, "gguf", tmp_path / "gguf", qtype="f16", log=quiet)
-    assert "on 3/3 prompts" in f16.checks[1]  # the GGUF read back writes the same greedy text
-    ollama = export_run(result.run_dir, "ollama", tmp_path / "ollama", qtype="q8_0", log=quiet)
+    ollama = export_run(result.run_dir, "ollama", tmp_path / "ollama", qtype="q8_0", log=lambda *a: None)
+    assert "same greedy next token everywhere: True" in ollama.checks[0]
+    agreement = float(re.search(r"next-token agreement ([\d.]+)%", ollama.checks[1]).group(1))
+    assert agreement >= 90, ollama.checks[1]
     parsed = parse_modelfile(ollama.path.read_text())
     assert parsed["parameters"]["stop"][0] == "<|im_end|>" and "<|im_start|>assistant" in parsed["template"]
     assert (ollama.path.parent / parsed["from"].removeprefix("./")).stat().st_size > 100e6

@@ -87,12 +87,40 @@ def test_streaming_ends_with_done_and_says_when_refused(client):
     (json.dumps(ask("x", max_tokens=100000)).encode(), "max_tokens"),
     (json.dumps(ask("x", max_tokens="5")).encode(), "max_tokens"),
     (json.dumps(ask("x", temperature=3)).encode(), "temperature"),
+    (b"[" * 5000 + b"]" * 5000, None),  # RecursionError while decoding: was a 500
+    (b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", None),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hola \\ud800"}]}', "messages[0].content"),  # lone surrogate: was a 500
+    (json.dumps(ask("x", tools=[{"type": "function", "function": {"name": "f"}}])).encode(), "tools"),
+    (json.dumps(ask("x", response_format={"type": "json_object"})).encode(), "response_format"),
+    (json.dumps(ask("x", logprobs=True)).encode(), "logprobs"),
 ])
 def test_bad_requests_get_400_in_openai_shape(client, body, param):
     res = client.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
     assert res.status_code == 400, res.text
     error = res.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["param"] == param
+
+
+def test_fields_not_acted_on_are_named_in_the_response(client):
+    body = client.post("/v1/chat/completions", json=ask(IN_DOMAIN, seed=3, presence_penalty=0.5, user="u1",
+                                                        response_format={"type": "text"}, tools=[])).json()
+    assert body["afinar"]["ignored"] == ["seed", "presence_penalty", "user"]
+    plain = client.post("/v1/chat/completions", json=ask(IN_DOMAIN)).json()
+    assert "ignored" not in plain["afinar"]
+    with client.stream("POST", "/v1/chat/completions", json=ask(IN_DOMAIN, stream=True, stop=["\n"])) as res:
+        events = [json.loads(line[6:]) for line in res.iter_lines() if line.startswith("data: {")]
+    assert events[-1]["afinar"]["ignored"] == ["stop"]
+
+
+def test_the_guard_runs_once_per_request(client, engine, monkeypatch):
+    guard = engine.persona("tiny").guard
+    calls = []
+    original = guard.check
+    monkeypatch.setattr(guard, "check", lambda *a, **k: calls.append(a) or original(*a, **k))
+    client.post("/v1/chat/completions", json=ask(IN_DOMAIN))
+    with client.stream("POST", "/v1/chat/completions", json=ask(IN_DOMAIN, stream=True)) as res:
+        list(res.iter_lines())
+    assert len(calls) == 2  # one embedding per request, not one to count tokens and another to answer
 
 
 def test_prompt_longer_than_the_context_is_400(client, engine):

@@ -208,3 +208,35 @@ def test_two_trainings_with_different_precision_in_one_process(tmp_path, tiny_mo
     train(tiny_recipe(tmp_path / "a", tiny_model_dir, "train.max_steps=1", "train.precision=fp32"), progress=False)
     result = train(tiny_recipe(tmp_path / "b", tiny_model_dir, "train.max_steps=1", "train.precision=bf16"), progress=False)
     assert result.steps == 1
+
+
+def test_an_interrupted_run_says_so_wherever_it_is_loaded(tmp_path, tiny_model_dir, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from afinar.assistant import Engine
+    from afinar.export import export_run
+    from afinar.models import run_incomplete
+    from afinar.serving.api import create_app
+
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, "train.eval_every=1", "guard.mode=off", "grounding.mode=off")
+    with monkeypatch.context() as patch:
+        _interrupt_at(patch, 3)
+        with pytest.raises(TrainingInterrupted, match=r"afinar train .*r\.yaml --resume"):
+            train(recipe, progress=False)
+    run = tmp_path / "runs" / "tiny"
+    assert (run / "adapter" / "adapter_config.json").exists()  # the best adapter so far: servable
+    stopped = run_incomplete(run)
+    assert stopped.startswith("this run stopped at step 3 of 12; resume with: afinar train ")
+    logged = []
+    engine = Engine([run], log=logged.append)
+    assert any(stopped in line and line.startswith("warning:") for line in logged)
+    client = TestClient(create_app(engine))
+    assert client.get("/v1/models").json()["data"][0]["incomplete"] == stopped
+    assert client.get("/studio/personas").json()["personas"][0]["incomplete"] == stopped
+    with pytest.raises(AfinarError, match="stopped at step 3 of 12.*--force"):
+        export_run(run, "merged", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+    train(recipe, resume=True, progress=False)
+    assert run_incomplete(run) is None
+    assert json.loads((run / "status.json").read_text())["complete"] is True

@@ -15,6 +15,7 @@ anything is downloaded, and the token comes only from the `HF_TOKEN` environment
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -159,6 +160,24 @@ def read_run(run_dir: str | Path) -> tuple[Recipe, object, Path]:
     if not (adapter / "adapter_config.json").exists():
         raise ModelError(f"{run_dir}: no trained adapter here (expected {adapter}); run `afinar train` first")
     return load_recipe(run_dir / "recipe.yaml", check_files=False), AutoTokenizer.from_pretrained(adapter), adapter
+
+
+STATUS_FILE = "status.json"
+
+
+def run_incomplete(run_dir: str | Path) -> str | None:
+    """None for a finished run; for one that stopped before its last step (a signal, a crash, a
+    stopped VM), the sentence saying where it stopped and how to resume. The training loop writes
+    `status.json` as it starts, at every checkpoint and when it ends; a run without one predates it."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if status.get("complete", True):
+        return None
+    return (f"this run stopped at step {status.get('step', '?')} of {status.get('total_steps', '?')}"
+            f"; resume with: {status.get('resume', 'afinar train <recipe> --resume')}")
 
 
 def left_padded(tokenizer, prompts: list[str]):

@@ -63,6 +63,8 @@ class _Persona:
     recipe: object
     tokenizer: object
     guard: object | None
+    incomplete: str | None = None  # "this run stopped at step 12 of 64; resume with: ..."
+    index_stamp: int | None = None  # mtime of the saved index loaded: a newer one (`afinar index`) is reloaded
 
 
 class Engine:
@@ -103,8 +105,12 @@ class Engine:
 
     def _add(self, run_dir: Path, recipe, tokenizer, mode: str | None, adapter_name: str) -> None:
         from afinar.index.store import load_run_guard
+        from afinar.models import run_incomplete
 
         name = recipe.name
+        stopped = run_incomplete(run_dir)
+        if stopped:
+            self._log(f"warning: {run_dir}: {stopped}")
         if name in self.personas:
             raise AfinarError(f"two runs are named {name!r}; rename one (recipe `name`)")
         chosen = mode or recipe.guard_mode
@@ -116,7 +122,7 @@ class Engine:
             from afinar.assistant.llamacpp import LlamaCppGenerator
 
             self._llama[name] = LlamaCppGenerator(run_dir, recipe, log=self._log)
-        self.personas[name] = _Persona(name, run_dir, recipe, tokenizer, guard)
+        self.personas[name] = _Persona(name, run_dir, recipe, tokenizer, guard, stopped, _index_stamp(run_dir))
         self.personas[name].recipe.guard.mode = chosen
         self._adapter_names[name] = adapter_name
 
@@ -144,6 +150,7 @@ class Engine:
 
         for p in self.personas.values():
             if p.run_dir.resolve() == Path(run_dir).resolve() and p.guard is not None:
+                p.index_stamp = _index_stamp(p.run_dir)
                 p.guard = _off_thread(load_run_guard, p.run_dir, threshold=p.recipe.guard.threshold)
 
     @property
@@ -164,10 +171,11 @@ class Engine:
         config = self.model.get_base_model().config
         return int(getattr(config, "max_position_embeddings", 0) or 2048)
 
-    def prompt_tokens(self, messages: list[dict[str, str]], adapter: str | None = None) -> int:
-        """How many tokens the rendered prompt (system prompt, records and chat template included) takes."""
+    def prompt_tokens(self, messages: list[dict[str, str]], adapter: str | None = None, routed=None) -> int:
+        """How many tokens the rendered prompt (system prompt, records and chat template included)
+        takes; `routed`: this request's `route(...)`, when the caller already has it."""
         p = self.persona(adapter)
-        _, context = self.route(messages, p.name)
+        _, context = routed or self.route(messages, p.name)
         return len(p.tokenizer(self._prompt(p, messages, context), add_special_tokens=False)["input_ids"])
 
     def decide(self, messages: list[dict[str, str]], adapter: str | None = None) -> Reply | None:
@@ -182,6 +190,9 @@ class Engine:
         mode = p.recipe.guard.mode
         if p.guard is None:
             return None, []
+        if _index_stamp(p.run_dir) != p.index_stamp:  # rebuilt by `afinar index` since it was loaded
+            self._log(f"{p.run_dir}: its index was rebuilt; reloading it")
+            self.reload_index(p.run_dir)
         question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         d = _off_thread(p.guard.check, question, "refuse" if mode == "off" else mode)
         if mode != "off" and not d.in_domain:
@@ -213,15 +224,17 @@ class Engine:
 
     def stream(self, messages: list[dict[str, str]], adapter: str | None = None, max_new_tokens: int | None = None,
                cancel: threading.Event | None = None, temperature: float | None = None,
-               top_p: float | None = None, min_new_tokens: int | None = None) -> Iterator[str | Reply]:
+               top_p: float | None = None, min_new_tokens: int | None = None, routed=None) -> Iterator[str | Reply]:
         """Yield text chunks as they are generated, then the final `Reply`.
 
         `cancel` stops generation at the next token when set (a client that went away frees the
         model); `temperature` and `top_p` override the recipe's decoding for this reply;
-        `min_new_tokens` holds back the end of turn until that many tokens (for benchmarks).
+        `min_new_tokens` holds back the end of turn until that many tokens (for benchmarks);
+        `routed`: this request's `route(...)` when the caller has it (the API, which counted the
+        prompt's tokens with it: the guard's embedding is not computed twice).
         """
         p = self.persona(adapter)
-        decided, context = self.route(messages, p.name)
+        decided, context = routed or self.route(messages, p.name)
         if decided is not None:
             yield decided.answer
             yield decided
@@ -298,3 +311,13 @@ def _off_thread(fn, *args, **kwargs):
     if "error" in out:
         raise out["error"]
     return out["value"]
+
+
+def _index_stamp(run_dir: Path) -> int | None:
+    """When the run's saved index was written (one stat per question: microseconds)."""
+    from afinar.index.store import GUARD_DIR
+
+    try:
+        return (Path(run_dir) / GUARD_DIR / "guard.json").stat().st_mtime_ns
+    except OSError:
+        return None

@@ -76,9 +76,20 @@ def check(answer: str, records: list[tuple[str, str]], question: str) -> Verdict
     return Verdict(invented_facts(answer, sources), max((copied_run(answer, a) for _, a in records), default=0))
 
 
+REFUSAL_CHRF = 60.0  # a reply this close (chrF) to the refusal sentence is a refusal
+
+
 def says_refusal(answer: str, refusal: str) -> bool:
-    """Whether a generated answer is (or contains) the recipe's refusal: "the records do not cover this"."""
-    return bool(refusal) and " ".join(_fold(refusal).split()) in " ".join(_fold(answer).split())
+    """Whether a generated answer is the recipe's refusal ("the records do not cover this"):
+    it contains it (case, accents and spacing ignored), or its start is within chrF REFUSAL_CHRF
+    of it. The one test, used by the engine and by `afinar eval`, so they cannot disagree."""
+    if not refusal or not answer.strip():
+        return False
+    if " ".join(_fold(refusal).split()) in " ".join(_fold(answer).split()):
+        return True
+    from sacrebleu.metrics import CHRF
+
+    return CHRF().sentence_score(answer[: int(1.5 * len(refusal))], [refusal]).score >= REFUSAL_CHRF
 
 
 def copied_run(answer: str, source: str) -> int:

@@ -35,7 +35,7 @@ def ensure_gguf(run_dir: Path, recipe, qtype: str = "f16", log=print) -> Path:
     if path.exists() and (not adapter.exists() or path.stat().st_mtime >= adapter.stat().st_mtime):
         return path
     log(f"{run_dir}: exporting the adapter merged into a GGUF ({qtype}) for llama.cpp, once per run ...")
-    return export_run(run_dir, "gguf", qtype=qtype, log=log).path
+    return export_run(run_dir, "gguf", qtype=qtype, log=log, force=True).path
 
 
 class LlamaCppGenerator:

@@ -292,11 +292,12 @@ def _serve_vllm(runs: list[Path], host: str, port: int, with_key: bool) -> None:
 @click.option("--repo", default=None, metavar="USER/NAME", help="Hub repository (hub).")
 @click.option("--merged", "merged_weights", is_flag=True, help="Push the merged model instead of the adapter (hub).")
 @click.option("--dry-run", is_flag=True, help="Write the folder that would be pushed, push nothing (hub).")
-def export_cmd(run, to, out, qtype, repo, merged_weights, dry_run):
+@click.option("--force", is_flag=True, help="Export a run that stopped before its last step.")
+def export_cmd(run, to, out, qtype, repo, merged_weights, dry_run, force):
     """Export a run: merged safetensors, GGUF, an Ollama Modelfile, or the Hugging Face Hub."""
     from afinar.export import export_run
 
-    result = export_run(run, to, out, qtype, repo, dry_run, merged_weights, log=lambda text: click.echo(text))
+    result = export_run(run, to, out, qtype, repo, dry_run, merged_weights, log=lambda text: click.echo(text), force=force)
     for line in result.checks:
         click.echo(f"verified: {line}" if not line.startswith(("dry run", "pushed")) else line)
     click.echo(f"{to}: {result.path}")

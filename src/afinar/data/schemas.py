@@ -9,10 +9,16 @@ Schemas (names used in recipes as `data.schema`):
 A recipe can name the schema and map its roles to the file's columns, e.g.
 `columns: {question: "Pregunta frecuente", answer: "Respuesta"}`. `normalise_record` returns an
 `Example` or the list of problems that make the record unusable; it never drops one silently.
+
+Missing values: an empty cell, JSON null, and the spellings spreadsheets and databases export for
+"nothing here" (MISSING: `null`, `None`, `N/A`, `NaN`, `#N/A`, `-`) are all missing, and the
+problem names the spelling found. OpenAI's content parts (`[{"type": "text", "text": ...}]`) are
+joined; a part that is not text (an image) is reported by turn.
 """
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +44,10 @@ REQUIRED = {
     "user_story": ("conversation", "user_story"),
 }
 OPTIONAL = {"qa": ("system",), "alpaca": ("input", "system"), "messages": (), "user_story": ("system",)}
+# Cell texts that mean "missing" (compared case-folded, stripped).
+MISSING = ("null", "none", "n/a", "nan", "#n/a", "-")
+# Content-part types that carry no text afinar can train on.
+NON_TEXT_PARTS = ("image_url", "input_image", "image", "input_audio", "audio", "file", "input_file", "video")
 # ShareGPT and other spellings of the three roles.
 ROLE_NAMES = {
     "system": "system", "user": "user", "human": "user", "usuario": "user",
@@ -124,7 +134,26 @@ def normalise_record(data: Any, schema: str, roles: dict[str, str]) -> tuple[lis
     """Messages for one record, or None and the reasons it cannot be used."""
     if not isinstance(data, dict):
         return None, [f"record is not an object (got {type(data).__name__}); each record must be {{...}}"]
-    return _NORMALISERS[schema](data, roles)
+    messages, problems = _NORMALISERS[schema](data, roles)
+    missing = [p for p in problems if p.startswith("missing ")]
+    if missing:  # name what the line does have, and the schema that shape belongs to
+        problems = [p for p in problems if not p.startswith("missing ")] + [_missing_roles(data, schema, missing)]
+    return messages, problems
+
+
+def _missing_roles(data: dict, schema: str, missing: list[str]) -> str:
+    keys = [k for k, v in data.items() if v not in (None, "")]
+    what = " and ".join(m.removeprefix("missing ") for m in missing)
+    has = ", ".join(repr(k) for k in keys) or "no filled keys"
+    try:
+        other, _ = resolve_columns(keys, "auto")
+    except ValueError:
+        other = None
+    if other and other != schema:
+        need = ", ".join(repr(r) for r in REQUIRED[schema])
+        return (f"missing {what}: this line has {has}, the keys of the {other!r} schema, while the file is read as "
+                f"{schema!r} ({need}); rewrite the line with those keys or move it to a file of its own")
+    return f"missing {what}: this line has {has}"
 
 
 def _text(data: dict, roles: dict[str, str], role: str, problems: list[str], required: bool = True) -> str:
@@ -133,6 +162,11 @@ def _text(data: dict, roles: dict[str, str], role: str, problems: list[str], req
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
             problems.append(f"empty {column or role!r}" if column in data else f"missing {column or role!r}")
+        return ""
+    if isinstance(value, str) and value.strip().casefold() in MISSING:
+        if required:
+            problems.append(f"empty {column!r}: it holds {value.strip()!r}, taken as a missing value; "
+                            "write the text or remove the line")
         return ""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
@@ -187,6 +221,8 @@ def _turn_line(turn: Any) -> str:
     if isinstance(turn, dict):
         who = turn.get("role") or turn.get("from") or turn.get("speaker") or ""
         what = turn.get("content") or turn.get("value") or turn.get("text") or ""
+        if isinstance(what, list):
+            what = _join_parts(what, [], "")
         return f"{who}: {what}" if who else str(what)
     return str(turn)
 
@@ -215,10 +251,37 @@ def _turn(index: int, turn: Any, problems: list[str]) -> dict[str, str] | None:
     if role is None:
         problems.append(f"turn {index} has unknown role {raw_role!r}; use system, user or assistant")
         return None
+    if isinstance(content, list):
+        found = len(problems)
+        content = _join_parts(content, problems, f"turn {index} ({role})")
+        if len(problems) > found:
+            return None
     if not isinstance(content, str) or not content.strip():
         problems.append(f"turn {index} ({role}) has empty content")
         return None
+    if content.strip().casefold() in MISSING:
+        problems.append(f"turn {index} ({role}) holds {content.strip()!r}, taken as a missing value; write the text")
+        return None
     return {"role": role, "content": content.strip()}
+
+
+def _join_parts(parts: list, problems: list[str], where: str) -> str:
+    """OpenAI content parts -> one text (text parts joined by newlines); other parts are problems."""
+    texts = []
+    for j, part in enumerate(parts, 1):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in NON_TEXT_PARTS:
+            problems.append(f"{where} part {j} is an {kind!r} part: afinar trains on text only; remove it "
+                            "or describe it in a text part")
+        else:
+            problems.append(f"{where} part {j} is not a text part ({{\"type\": \"text\", \"text\": ...}}); "
+                            f"got {json.dumps(part, ensure_ascii=False)[:80]}")
+    return "\n".join(t.strip() for t in texts if t.strip())
 
 
 def conversation_problems(messages: list[dict[str, str]]) -> list[str]:

@@ -19,6 +19,7 @@ import urllib.request
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+from afinar.chat_template import render_prompt, with_context
 from afinar.errors import AfinarError
 from afinar.evaluation.probe import EvalItem
 
@@ -48,17 +49,22 @@ class LocalModel:
             yield
 
     def answers(self, items: list[EvalItem], max_new_tokens: int, batch_size: int, bar=None) -> list[str]:
-        """Greedy (the recipe's decoding) replies to every item, in the items' order."""
+        """Greedy replies to every item, in the items' order (the recipe's repetition penalty, but
+        never sampling: an eval must give the same answers each time it runs). Batches are of
+        prompts of similar length (records included), so little is padded."""
         from afinar.assistant.generation import generate_batch
 
-        order = sorted(range(len(items)), key=lambda i: len(self.tokenizer(items[i].question)["input_ids"]))
+        gen = self.recipe.generation.model_copy(update={"temperature": 0.0})
+        contexts = [it.context if self.grounded else None for it in items]
+        lengths = [len(self.tokenizer(render_prompt(self.tokenizer, with_context(it.messages, self.recipe.system_prompt, c)),
+                                      add_special_tokens=False)["input_ids"]) for it, c in zip(items, contexts)]
+        order = sorted(range(len(items)), key=lambda i: (lengths[i], i))
         out: list[str] = [""] * len(items)
         with self.active():
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                contexts = [items[i].context for i in chunk] if self.grounded else None
                 texts = generate_batch(self.model, self.tokenizer, [items[i].messages for i in chunk],
-                                       self.recipe.system_prompt, self.recipe.generation, max_new_tokens, contexts)
+                                       self.recipe.system_prompt, gen, max_new_tokens, [contexts[i] for i in chunk])
                 for i, text in zip(chunk, texts):
                     out[i] = text
                 if bar is not None:

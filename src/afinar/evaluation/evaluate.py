@@ -77,8 +77,13 @@ def evaluate(run_dir: str | Path, probe: str | Path | None = None, against: str 
     if endpoint and not endpoint_model:
         raise AfinarError("--endpoint needs --model NAME (the model id the endpoint serves)")
     # 1. the run and its questions
+    from afinar.models import run_incomplete
+
     run = load_run(run_dir)
     recipe, run_dir = run.recipe, Path(run_dir)
+    stopped = run_incomplete(run_dir)
+    if stopped:
+        log(f"warning: {run_dir}: {stopped}; these figures are of an unfinished run")
     held_out = held_out_items(run_dir / "data" / "eval.jsonl")[:limit]
     probe_path = _probe_path(probe, recipe, log)
     probe_items = load_probe(probe_path)[:limit] if probe_path else []
@@ -219,6 +224,8 @@ def _replies(c: Contender, mode: str, items: list[EvalItem], refusal: str) -> li
 
 
 def _report(run_dir, recipe, probe_path, contenders, items, replies, losses) -> dict:
+    from afinar.models import run_incomplete
+
     sets = {"held_out": [i for i, it in enumerate(items) if it.origin == HELD_OUT],
             "probe": [i for i, it in enumerate(items) if it.origin != HELD_OUT],
             "probe_trained": [i for i, it in enumerate(items) if it.side == "trained"],
@@ -230,7 +237,7 @@ def _report(run_dir, recipe, probe_path, contenders, items, replies, losses) -> 
     }
     return {
         "run": str(run_dir), "name": recipe.name, "base_model": recipe.base_model, "guard_mode": recipe.guard_mode,
-        "grounded": recipe.grounded,
+        "grounded": recipe.grounded, "incomplete": run_incomplete(run_dir),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "probe": str(probe_path) if probe_path else None,
         "contestants": [{"name": c.model.name, "label": c.model.label, "modes": list(c.modes),
@@ -238,9 +245,22 @@ def _report(run_dir, recipe, probe_path, contenders, items, replies, losses) -> 
         "loss": {name: {"eval_loss": None if v is None else round(v, 4), "perplexity": perplexity(v)} for name, v in losses.items()},
         "summary": summary,
         "regressions": _regressions(items, replies, contenders),
+        "significance": _significance(items, replies, contenders),
         "items": [it.to_dict() | {"replies": {f"{name}/{mode}": r[i].to_dict() for (name, mode), r in replies.items()}}
                   for i, it in enumerate(items)],
     }
+
+
+def _significance(items, replies, contenders) -> dict:
+    """chrF of tuned vs its rival on the held-out answers, tested by paired bootstrap."""
+    from afinar.evaluation.metrics import paired_chrf
+
+    rival = next((c.model.name for c in contenders[1:] if c.model.name != "ungrounded"), None)
+    idx = [i for i, it in enumerate(items) if it.origin == HELD_OUT and it.reference]
+    if rival is None or len(idx) < 2:
+        return {}
+    text = lambda name: [replies[name, "off"][i].text for i in idx]  # noqa: E731
+    return {"chrf": {"rival_name": rival, **paired_chrf(text(rival), text("tuned"), [items[i].reference for i in idx])}}
 
 
 def _regressions(items, replies, contenders) -> list[dict]:

@@ -7,7 +7,7 @@ import base64
 from html import escape
 from pathlib import Path
 
-from afinar.evaluation.summary import domain_set, fmt_share, fmt_value, verdict
+from afinar.evaluation.summary import domain_set, fmt_share, fmt_value, fmt_verdict, verdict
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#1d2630}
@@ -35,7 +35,8 @@ def _header(report: dict) -> str:
     who = ", ".join(f"<b>{escape(c['name'])}</b>: {escape(c['label'])}" for c in report["contestants"])
     return (f"<h1>afinar eval: {escape(report['name'])}</h1><p>Run <code>{escape(report['run'])}</code>, base model "
             f"<code>{escape(report['base_model'])}</code>, served in <b>{escape(report['guard_mode'])}</b> mode; "
-            f"{escape(report['created'])}.</p><p>Contestants: {who}.</p>")
+            f"{escape(report['created'])}.</p><p>Contestants: {who}.</p>"
+            + (f"<p style='color:#a3261b'><b>Unfinished run:</b> {escape(report['incomplete'])}</p>" if report.get("incomplete") else ""))
 
 
 def _verdict(report: dict) -> str:
@@ -43,13 +44,14 @@ def _verdict(report: dict) -> str:
     if not rows:
         return ""
     cells = "".join(
-        f"<tr><td>{escape(r['figure'])}</td><td class='num'>{fmt_value(r['rival'])}</td><td class='num'>{fmt_value(r['tuned'])}</td>"
-        f"<td class='{'better' if r['better'] else 'worse'}'>{'same' if r['same'] else ('better' if r['better'] else 'worse')}</td></tr>"
-        for r in rows)
+        f"<tr><td>{escape(r['figure'])}</td><td class='num'>{escape(shown[0])}</td><td class='num'>{escape(shown[1])}</td>"
+        f"<td class='{'muted' if r['same'] else ('better' if r['better'] else 'worse')}'>{escape(shown[2].lower())}</td></tr>"
+        for r in rows for shown in [fmt_verdict(r)])
     rival = escape(rows[0]["rival_name"])
     return (f"<h2>Tuned vs {rival} on the held-out split</h2><table><tr><th>figure</th><th>{rival}</th><th>tuned</th>"
             f"<th>tuned is</th></tr>{cells}</table><p class='muted'>Answers scored against the held-out references "
-            "with chrF and ROUGE-L (0-100), generated greedily by the model alone (guard off).</p>")
+            "with chrF (0-100), generated greedily by the model alone (guard off); chrF shows its 95% interval and "
+            "counts as better or worse only where sacrebleu's paired bootstrap gives p &lt; 0.05.</p>")
 
 
 def _loss_table(report: dict) -> str:

@@ -17,9 +17,9 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from afinar.assistant.faithfulness import says_refusal
 from afinar.evaluation.probe import EvalItem
 
-REFUSAL_CHRF = 60.0  # a reply this close (chrF) to the refusal sentence is a refusal
 
 
 @dataclass
@@ -75,6 +75,21 @@ def corpus_chrf(hypotheses: list[str], references: list[str]) -> float:
     return CHRF().corpus_score(hypotheses, [references]).score
 
 
+def paired_chrf(rival: list[str], tuned: list[str], references: list[str], samples: int = 1000) -> dict:
+    """Is tuned's corpus chrF different from the rival's beyond noise? sacrebleu's paired bootstrap
+    resampling (Koehn 2004; `sacrebleu.significance`, seeded by SACREBLEU_SEED, 12345 by default):
+    each system's score, its bootstrap mean and 95% interval half-width, and the p-value of the
+    difference (the share of resamples where it vanishes)."""
+    from sacrebleu.metrics import CHRF
+    from sacrebleu.significance import PairedTest
+
+    _, scores = PairedTest([("rival", rival), ("tuned", tuned)], {"chrF": CHRF()}, [references],
+                           test_type="bs", n_samples=samples)()
+    base, mine = next(v for k, v in scores.items() if k != "System")
+    return {"rival": round(base.score, 2), "rival_ci": round(float(base.ci), 2), "tuned": round(mine.score, 2),
+            "tuned_ci": round(float(mine.ci), 2), "p_value": round(float(mine.p_value), 4), "samples": samples}
+
+
 def rouge_l(hypothesis: str, reference: str) -> float:
     """ROUGE-L F1, 0-100."""
     from rouge_score.rouge_scorer import RougeScorer
@@ -87,14 +102,8 @@ def has_keys(text: str, keys: list[str]) -> bool:
     return all(fold(k) in folded for k in keys)
 
 
-def is_refusal(text: str, refusal: str) -> bool:
-    """Whether a generated reply is the recipe's refusal (verbatim or nearly: chrF of its start
-    against the refusal sentence >= REFUSAL_CHRF)."""
-    if not refusal or not text.strip():
-        return False
-    if fold(refusal) in fold(text):
-        return True
-    return chrf(text[: int(1.5 * len(refusal))], refusal) >= REFUSAL_CHRF
+# whether a reply is the recipe's refusal: the engine's own test (assistant/faithfulness.py)
+is_refusal = says_refusal
 
 
 def score_reply(item: EvalItem, text: str, refused: bool, verdict=None, generated: str | None = None) -> ScoredReply:

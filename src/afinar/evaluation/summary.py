@@ -6,9 +6,13 @@ Read from the report dict that `evaluate` produced; nothing is typed in. Both th
 
 from __future__ import annotations
 
+# A difference in chrF counts as better or worse only below this p-value (paired bootstrap).
+SIGNIFICANT = 0.05
 # The figures compared between the run and its rival, and which direction is better.
+# ROUGE-L is reported in the tables but judged nowhere: no paired test for it ships with a library
+# here, and on 10-20 answers its differences are mostly noise.
 VERDICT = [("eval loss", "loss", "eval_loss", -1), ("perplexity", "loss", "perplexity", -1),
-           ("chrF", "held_out", "chrf", 1), ("ROUGE-L", "held_out", "rouge_l", 1)]
+           ("chrF", "held_out", "chrf", 1)]
 
 
 def domain_set(report: dict) -> tuple[str, dict]:
@@ -35,9 +39,24 @@ def verdict(report: dict) -> list[dict]:
             mine, theirs = (held.get("tuned/off") or {}).get(metric), (held.get(f"{rival}/off") or {}).get(metric)
         if mine is None or theirs is None:
             continue
-        rows.append({"figure": label, "tuned": mine, "rival": theirs, "rival_name": rival,
-                     "better": (mine - theirs) * sign > 0, "same": mine == theirs})
+        row = {"figure": label, "tuned": mine, "rival": theirs, "rival_name": rival,
+               "better": (mine - theirs) * sign > 0, "same": mine == theirs}
+        test = (report.get("significance") or {}).get(metric)
+        if test:  # chrF: better or worse only when the paired bootstrap says it is not noise
+            row.update(tuned=test["tuned"], rival=test["rival"], p_value=test["p_value"],
+                       tuned_ci=test["tuned_ci"], rival_ci=test["rival_ci"])
+            row["same"] = row["same"] or test["p_value"] >= SIGNIFICANT
+        rows.append(row)
     return rows
+
+
+def fmt_verdict(row: dict) -> tuple[str, str, str]:
+    """(rival, tuned, word) as shown: a tested figure with its 95% interval and p-value."""
+    word = "same" if row["same"] else ("better" if row["better"] else "WORSE")
+    if "p_value" not in row:
+        return fmt_value(row["rival"]), fmt_value(row["tuned"]), word
+    return (f"{fmt_value(row['rival'])} ± {row['rival_ci']:.1f}", f"{fmt_value(row['tuned'])} ± {row['tuned_ci']:.1f}",
+            f"{word}, p = {row['p_value']:.3f}")
 
 
 def headline(report: dict) -> str | None:
@@ -60,9 +79,11 @@ def headline(report: dict) -> str | None:
 def summary_lines(report: dict) -> list[str]:
     """A short terminal summary: the headline, the verdict, then domain behaviour per contestant and mode."""
     lines = [f"  {h}"] if (h := headline(report)) else []
+    if report.get("incomplete"):
+        lines.insert(0, f"  unfinished run: {report['incomplete']}")
     for row in verdict(report):
-        word = "same" if row["same"] else ("better" if row["better"] else "WORSE")
-        lines.append(f"  {row['figure']:<11} {row['rival_name']} {fmt_value(row['rival'])} -> tuned {fmt_value(row['tuned'])}  ({word})")
+        rival, tuned, word = fmt_verdict(row)
+        lines.append(f"  {row['figure']:<11} {row['rival_name']} {rival} -> tuned {tuned}  ({word})")
     name, summary = domain_set(report)
     if summary:
         lines.append(f"  domain behaviour on the {name.replace('_', '-')} questions:")

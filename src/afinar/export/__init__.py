@@ -37,11 +37,19 @@ class ExportResult:
 
 
 def export_run(run_dir: str | Path, to: str, out: str | Path | None = None, qtype: str = "q8_0", repo: str | None = None,
-               dry_run: bool = False, merged_weights: bool = False, log=print) -> ExportResult:
-    """Export a run (see the module docstring); raises AfinarError with the fix on bad input."""
+               dry_run: bool = False, merged_weights: bool = False, log=print, force: bool = False) -> ExportResult:
+    """Export a run (see the module docstring); raises AfinarError with the fix on bad input.
+    A run that stopped before its last step is refused unless `force` (then it is said)."""
+    from afinar.models import run_incomplete
+
     if to not in TARGETS:
         raise AfinarError(f"--to {to!r}: choose one of {', '.join(TARGETS)}")
     run_dir = Path(run_dir)
+    stopped = run_incomplete(run_dir)
+    if stopped and not force:
+        raise AfinarError(f"{run_dir}: {stopped}. Export it as it is with --force")
+    if stopped:
+        log(f"warning: {run_dir}: {stopped}; exporting it as it is (--force)")
     out = Path(out) if out else run_dir / "export" / to
     if to == "merged":
         path, check = _merged(run_dir, out, log)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from afinar.errors import RecipeError
 
@@ -127,7 +127,7 @@ class Recipe(_Section):
     chat_template: str | None = Field(None, description="A Jinja chat template overriding the base model's.")
     system_prompt: str = Field("", description="System prompt used in training and at inference.")
     refusal: str = Field("", description="What the assistant answers outside its domain.")
-    quantization: Literal["none", "nf4"] = Field("none", description="'nf4': QLoRA (4-bit NF4 base, double quantisation, bf16 compute) via bitsandbytes.")
+    quantization: Literal["none", "nf4"] = Field("none", description="'nf4': QLoRA (4-bit NF4 base, double quantisation, computed in bf16 where the chip has it, else fp32) via bitsandbytes.")
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset files and how to split and augment them.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter settings.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
@@ -136,6 +136,16 @@ class Recipe(_Section):
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="What `afinar eval` asks and how.")
     interview: InterviewConfig | None = Field(None, description="Optional guided interview.")
+    _source: str | None = PrivateAttr(None)  # the recipe file it was read from (for `--resume` hints)
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    def __eq__(self, other) -> bool:  # two recipes are equal by their fields, wherever they were read from
+        return isinstance(other, Recipe) and self.model_dump() == other.model_dump()
+
+    __hash__ = None
 
     @property
     def guard_mode(self) -> str:
@@ -211,7 +221,9 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, che
             raise RecipeError(source, ["the recipe must be a mapping of fields (name: ..., data: ...)"])
         base_dir = p.resolve().parent
     raw = _merge(raw, parse_overrides(overrides or []))
-    return validate_recipe(raw, source, base_dir, check_files)
+    recipe = validate_recipe(raw, source, base_dir, check_files)
+    recipe._source = str(path) if path else None
+    return recipe
 
 
 def validate_recipe(raw: dict[str, Any], source: str, base_dir: Path, check_files: bool = True) -> Recipe:

@@ -77,19 +77,21 @@ def create_app(engine, api_key: str | None = None, limits: ServeLimits | None = 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "afinar",
-                                            "guard_mode": engine.persona(name).recipe.guard.mode} for name in engine.names]}
+                                            "guard_mode": engine.persona(name).recipe.guard.mode,
+                                            "incomplete": engine.persona(name).incomplete} for name in engine.names]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = parse_chat_request(await request.body())
         model = _model(engine, req)
-        _check_context(engine, req, model)
+        routed = await asyncio.to_thread(engine.route, req.messages, model)  # the guard, once per request
+        _check_context(engine, req, model, routed)
         if req.stream:
-            return _stream_response(app, engine, req, model)
+            return _stream_response(app, engine, req, model, routed)
         with app.state.queue.slot():
             reply = await asyncio.to_thread(engine.reply, req.messages, model, req.max_tokens,
-                                            temperature=req.temperature, top_p=req.top_p)
-        return completion(completion_id(), model, reply)
+                                            temperature=req.temperature, top_p=req.top_p, routed=routed)
+        return completion(completion_id(), model, reply, req.ignored)
 
     from afinar.serving.web import add_web_routes
 
@@ -145,17 +147,17 @@ def _model(engine, req: ChatRequest) -> str:
     return req.model
 
 
-def _check_context(engine, req: ChatRequest, model: str) -> None:
+def _check_context(engine, req: ChatRequest, model: str, routed) -> None:
     budget = engine.context_length
     wanted = req.max_tokens or engine.persona(model).recipe.generation.max_new_tokens
-    used = engine.prompt_tokens(req.messages, model)
+    used = engine.prompt_tokens(req.messages, model, routed)
     if used + wanted > budget:
         raise ApiError(400, f"the conversation takes {used} tokens and the reply may take {wanted}, more than the "
                             f"model's context of {budget} tokens; shorten the conversation or lower max_tokens",
                        "messages", "context_length_exceeded")
 
 
-def _stream_response(app, engine, req: ChatRequest, model: str):
+def _stream_response(app, engine, req: ChatRequest, model: str, routed):
     """Server-sent events: a role chunk, content chunks, a final chunk with the guard's verdict, [DONE]."""
     queue = app.state.queue
     queue.acquire()  # 429 now, before the stream starts, when the queue is full
@@ -168,7 +170,7 @@ def _stream_response(app, engine, req: ChatRequest, model: str):
         def work():
             try:
                 for item in engine.stream(req.messages, model, req.max_tokens, cancel=cancel,
-                                          temperature=req.temperature, top_p=req.top_p):
+                                          temperature=req.temperature, top_p=req.top_p, routed=routed):
                     loop.call_soon_threadsafe(items.put_nowait, item)
             except Exception as exc:  # reaches the client as an error event
                 loop.call_soon_threadsafe(items.put_nowait, exc)
@@ -184,7 +186,7 @@ def _stream_response(app, engine, req: ChatRequest, model: str):
             elif isinstance(item, str):
                 yield chunk(cid, model, {"content": item})
             else:
-                yield chunk(cid, model, {}, "length" if item.truncated else "stop", {"afinar": guard_info(item)})
+                yield chunk(cid, model, {}, "length" if item.truncated else "stop", {"afinar": guard_info(item, req.ignored)})
         yield "data: [DONE]\n\n"
 
     def close():

@@ -3,11 +3,19 @@
 `parse_chat_request` checks a request body field by field and raises `ApiError` (status, message,
 param, code) in OpenAI's error shape, so any OpenAI client shows a useful message. The response
 builders add one field of afinar's own, `afinar`, that says whether the guard refused.
+
+Fields honoured (HONOURED): model, messages (string content or text parts; system messages are
+replaced by the recipe's system prompt), stream, max_tokens / max_completion_tokens, temperature,
+top_p, n (1 only). What a domain assistant cannot do is refused with 400 `unsupported_parameter`,
+as OpenAI does for a model without the feature (UNSUPPORTED: tools and function calling,
+response_format other than text, logprobs). Any other field is accepted and not acted on; the
+response names it in `afinar.ignored`, so a client is never left believing it took effect.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,6 +24,14 @@ ROLES = ("system", "user", "assistant")
 MAX_MESSAGES = 200
 MAX_MESSAGE_CHARS = 32_000
 MAX_TOKENS_LIMIT = 4096
+HONOURED = ("model", "messages", "stream", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n")
+# field -> why it is refused; a field set to its "off" value (null, [], false, {"type": "text"}) passes
+UNSUPPORTED = {
+    "tools": "tool calling", "tool_choice": "tool calling", "functions": "function calling",
+    "function_call": "function calling", "parallel_tool_calls": "tool calling",
+    "response_format": "structured output (only {\"type\": \"text\"})", "logprobs": "log probabilities",
+    "top_logprobs": "log probabilities", "audio": "audio output", "modalities": "audio output",
+}
 KEY_COOKIE = "afinar_key"  # the web page keeps the API key in this cookie (serving/web.py sets it)
 
 
@@ -39,6 +55,7 @@ class ChatRequest:
     max_tokens: int | None
     temperature: float | None
     top_p: float | None
+    ignored: tuple[str, ...] = ()  # fields accepted and not acted on (named in the response)
 
 
 def json_object(raw: bytes, empty: bytes = b"") -> dict:
@@ -47,6 +64,8 @@ def json_object(raw: bytes, empty: bytes = b"") -> dict:
         body = json.loads(raw or empty)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the request body nests arrays or objects too deeply to be a request", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
     return body
@@ -64,8 +83,14 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise ApiError(400, f"'max_tokens' must be an integer from 1 to {MAX_TOKENS_LIMIT} (got {max_tokens!r})", "max_tokens")
     if body.get("n", 1) != 1:
         raise ApiError(400, "only n=1 is supported", "n")
+    for key, what in UNSUPPORTED.items():
+        if body.get(key) not in (None, False, [], {}, {"type": "text"}, ["text"], "none"):
+            raise ApiError(400, f"'{key}' is not supported: this server's models do not do {what}; "
+                                "leave it out", key, "unsupported_parameter")
+    ignored = tuple(k for k in body if k not in HONOURED and body[k] is not None
+                    and (k not in UNSUPPORTED))
     return ChatRequest(model, messages, bool(body.get("stream", False)), max_tokens,
-                       _number(body, "temperature", 0.0, 2.0), _number(body, "top_p", 0.0, 1.0, low_open=True))
+                       _number(body, "temperature", 0.0, 2.0), _number(body, "top_p", 0.0, 1.0, low_open=True), ignored)
 
 
 def _messages(messages) -> list[dict[str, str]]:
@@ -90,11 +115,17 @@ def _messages(messages) -> list[dict[str, str]]:
 
 def _content(content, i: int) -> str:
     """A string, or OpenAI's list of {type: text, text} parts joined."""
-    if isinstance(content, str):
-        return content
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
-    raise ApiError(400, f"messages[{i}].content must be a string (or a list of text parts)", f"messages[{i}].content")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise ApiError(400, f"messages[{i}].content must be a string (or a list of text parts)", f"messages[{i}].content")
+    if (bad := _SURROGATE.search(content)) is not None:  # valid JSON ("\ud800"), but no character: the tokenizer cannot take it
+        raise ApiError(400, f"messages[{i}].content holds a lone UTF-16 surrogate (U+{ord(bad.group()):04X} at "
+                            f"character {bad.start()}), which is not text; send valid Unicode", f"messages[{i}].content")
+    return content
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _is_int(value) -> bool:
@@ -115,23 +146,24 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def guard_info(reply) -> dict:
+def guard_info(reply, ignored: tuple[str, ...] = ()) -> dict:
     """afinar's own field: did the guard refuse, in which mode, from which record; for a grounded
     answer, the records it was given (`sources`, like citations) and any fact found in none of
     them (`invented`; `replaced`: the best record's own answer was sent instead)."""
     return {"refused": reply.refused, "mode": reply.mode, "source": reply.source, "score": reply.score,
             "sources": reply.sources, "invented": reply.invented, "unsupported": reply.unsupported, "replaced": reply.replaced,
-            **({"answer": reply.answer} if reply.replaced else {})}  # what replaces the streamed text
+            **({"answer": reply.answer} if reply.replaced else {}),  # what replaces the streamed text
+            **({"ignored": list(ignored)} if ignored else {})}  # request fields accepted and not acted on
 
 
-def completion(cid: str, model: str, reply) -> dict:
+def completion(cid: str, model: str, reply, ignored: tuple[str, ...] = ()) -> dict:
     return {
         "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.answer},
                      "finish_reason": "length" if reply.truncated else "stop"}],
         "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.tokens,
                   "total_tokens": reply.prompt_tokens + reply.tokens},
-        "afinar": guard_info(reply),
+        "afinar": guard_info(reply, ignored),
     }
 
 

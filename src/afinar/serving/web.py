@@ -123,7 +123,7 @@ def _studio_routes(app, engine, studio) -> None:
 def _persona(engine, name: str) -> dict:
     p = engine.persona(name)
     interview = p.recipe.interview.questions if p.recipe.interview else []
-    return {"name": name, "mode": p.recipe.guard.mode, "interview": interview}
+    return {"name": name, "mode": p.recipe.guard.mode, "interview": interview, "incomplete": p.incomplete}
 
 
 async def _json(request) -> dict:

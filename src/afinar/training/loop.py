@@ -170,6 +170,7 @@ class _Loop:
                  f"({self.steps_per_epoch} per epoch), eval on {len(self.eval_set)} examples -> {self.run_dir}")
         from tqdm.auto import tqdm
 
+        self._status(complete=False)  # until _finish says otherwise, whatever stops the process
         bar = tqdm(total=self.total_steps, initial=self.state["step"], disable=not self.progress, unit="step", desc="train", dynamic_ncols=True)
         with _StopFlag() as stop, bar:
             self._epochs(bar, stop)
@@ -240,7 +241,7 @@ class _Loop:
             self._checkpoint()
         if stop.signal:
             raise TrainingInterrupted(f"stopped by signal {stop.signal} at step {step}/{self.total_steps}; "
-                                      f"checkpoint saved. Continue with: afinar train <recipe> --resume")
+                                      f"checkpoint saved. Continue with: afinar train {self.recipe.source or '<recipe>'} --resume")
         return last
 
     def _evaluate(self) -> None:
@@ -263,7 +264,14 @@ class _Loop:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             save_checkpoint(self.run_dir, self.state["step"], self.peft_model, self.optimizer, self.scheduler, self.state)
+            self._status(complete=False)
         self.acc.wait_for_everyone()
+
+    def _status(self, complete: bool) -> None:
+        if self.acc.is_main_process:
+            from afinar.training.runtime import write_status
+
+            write_status(self.run_dir, self.recipe, self.state["step"], self.total_steps, complete)
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
@@ -318,6 +326,7 @@ class _Loop:
                 grounded = f"; answers grounded on its {len(guard.records)} records" if self.recipe.grounded else ""
                 self.log(f"guard: {self.recipe.guard_mode} mode, thresholds refuse {t.refuse:.3f} / strict {t.strict:.3f}"
                          f"{grounded} (saved in {self.run_dir / 'guard'})")
+            self._status(complete=True)
         losses = [m["loss"] for m in self.metrics if "loss" in m]
         return TrainResult(self.run_dir, self.run_dir / "adapter", s["step"], s["tokens"], s["seconds"],
                            s["base_eval_loss"], s["best_eval_loss"], s["best_step"], losses[-1] if losses else None,

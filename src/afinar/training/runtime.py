@@ -164,6 +164,16 @@ def preflight(recipe: Recipe, run_dir: Path, resume: bool) -> None:
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
 
 
+def write_status(run_dir: Path, recipe: Recipe, step: int, total_steps: int, complete: bool) -> None:
+    """status.json: where the run stands, read by everything that loads a run (`models.run_incomplete`)."""
+    from afinar.io import atomic_write_json
+    from afinar.models import STATUS_FILE
+
+    source = recipe.source or "<recipe>"
+    atomic_write_json(run_dir / STATUS_FILE, {"complete": complete, "step": step, "total_steps": total_steps,
+                                              "resume": f"afinar train {source} --resume"})
+
+
 def write_outputs(run_dir: Path, recipe: Recipe, metrics: list[dict], state: dict) -> None:
     """summary.json and loss.png; the adapter and the resolved recipe are already in place."""
     from afinar.io import atomic_write_json

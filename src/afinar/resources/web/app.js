@@ -87,6 +87,8 @@ function onModelChange() {
   const p = current();
   if (!p) return;
   $("mode").textContent = `guard: ${p.mode}`;
+  $("incomplete").hidden = !p.incomplete;
+  $("incomplete").textContent = p.incomplete ? `Unfinished run: ${p.incomplete}` : "";
   $("interview-start").hidden = p.interview.length === 0;
   resetChat();
 }
