@@ -197,3 +197,11 @@ def test_a_line_in_another_schemas_shape_names_its_keys_and_schema(tmp_path):
     assert "'instruction', 'output'" in by_line[11] and "'alpaca' schema" in by_line[11]
     assert by_line[12] == "missing 'pregunta' and 'respuesta': this line has 'tema'"
     assert report.n_invalid == 2
+
+
+def test_a_file_is_read_in_the_shape_of_most_of_its_lines(tmp_path):
+    chats = [{"messages": [{"role": "user", "content": f"¿P{i}?"}, {"role": "assistant", "content": f"R{i}"}]} for i in range(10)]
+    report = check_data([jsonl(tmp_path / "chat.jsonl", chats[:5] + [{"instruction": "Resume", "output": "Un resumen."}] + chats[5:])])
+    assert report.files[0].schema == "messages" and len(report.examples) == 10
+    (err,) = report.errors
+    assert err.line == 6 and "this line has 'instruction', 'output', the keys of the 'alpaca' schema" in err.message

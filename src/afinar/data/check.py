@@ -21,7 +21,7 @@ from typing import Any
 
 from afinar.chat_template import encode_chat, with_system
 from afinar.data.readers import Issue, RawFile, read_file
-from afinar.data.schemas import Example, normalise_record, resolve_columns
+from afinar.data.schemas import SCHEMAS, Example, normalise_record, resolve_columns
 from afinar.errors import AfinarError
 
 DEFAULT_MIN_EXAMPLES = 10
@@ -150,6 +150,8 @@ def _check_file(raw: RawFile, schema: str, columns: dict[str, str] | None, repor
     report.files.append(summary)
     if not raw.records:
         return
+    if schema == "auto" and not columns and raw.format != "csv":
+        schema = _majority_schema(raw)  # a JSON file with a few lines of another shape is read as most lines are
     try:
         summary.schema, summary.columns = resolve_columns(raw.columns, schema, columns)
     except ValueError as exc:
@@ -164,6 +166,20 @@ def _check_file(raw: RawFile, schema: str, columns: dict[str, str] | None, repor
             continue
         report.examples.append(Example(messages, rec.path, rec.line))
         summary.usable += 1
+
+
+def _majority_schema(raw: RawFile) -> str:
+    """The schema most records' own keys fit ('auto' when none fits): the union of every line's
+    keys would let three lines in one shape outvote three hundred in another."""
+    votes: dict[str, int] = {}
+    for rec in raw.records:
+        if isinstance(rec.data, dict):
+            try:
+                name, _ = resolve_columns([k for k, v in rec.data.items() if v not in (None, "")])
+            except ValueError:
+                continue
+            votes[name] = votes.get(name, 0) + 1
+    return max(votes, key=lambda n: (votes[n], -SCHEMAS.index(n))) if votes else "auto"
 
 
 def normalise_text(text: str) -> str:

@@ -229,6 +229,8 @@ def _turn_line(turn: Any) -> str:
 
 def _messages(data: dict, roles: dict[str, str]):
     turns = data.get(roles["messages"])
+    if turns is None:
+        return None, [f"missing {roles['messages']!r}"]
     if not isinstance(turns, list) or not turns:
         return None, [f"{roles['messages']!r} must be a non-empty list of turns"]
     problems: list[str] = []
