@@ -32,6 +32,9 @@ from afinar.evaluation.probe import HELD_OUT, EvalItem, held_out_items, load_pro
 
 GUARD_MODES = ("refuse", "strict")
 REGRESSIONS_SHOWN = 5  # held-out questions where the tuned model scored worst against its rival
+# a single answer counts as worse only this many chrF points below its rival's: re-evaluating one
+# run moved single answers by 2-3.5 points (issue 18), so smaller drops are not shown as regressions
+REGRESSION_MIN_DROP = 10.0
 
 
 @dataclass
@@ -113,7 +116,7 @@ def evaluate(run_dir: str | Path, probe: str | Path | None = None, against: str 
     _answer_all(contenders, [held_out, probe_items], max_new_tokens or recipe.eval.max_new_tokens, recipe.eval.batch_size, progress)
     # 5-6. replies per mode, scored and summarised
     replies = {(c.model.name, mode): _replies(c, mode, items, recipe.refusal) for c in contenders for mode in c.modes}
-    report = _report(run_dir, recipe, probe_path, contenders, items, replies, losses)
+    report = _report(run_dir, recipe, probe_path, contenders, items, replies, losses, stopped)
     # 7. files
     out = Path(out_dir) if out_dir else run_dir / "eval"
     write_report(report, out, run_dir / "metrics.jsonl")
@@ -223,9 +226,7 @@ def _replies(c: Contender, mode: str, items: list[EvalItem], refusal: str) -> li
     return out
 
 
-def _report(run_dir, recipe, probe_path, contenders, items, replies, losses) -> dict:
-    from afinar.models import run_incomplete
-
+def _report(run_dir, recipe, probe_path, contenders, items, replies, losses, stopped) -> dict:
     sets = {"held_out": [i for i, it in enumerate(items) if it.origin == HELD_OUT],
             "probe": [i for i, it in enumerate(items) if it.origin != HELD_OUT],
             "probe_trained": [i for i, it in enumerate(items) if it.side == "trained"],
@@ -237,7 +238,7 @@ def _report(run_dir, recipe, probe_path, contenders, items, replies, losses) -> 
     }
     return {
         "run": str(run_dir), "name": recipe.name, "base_model": recipe.base_model, "guard_mode": recipe.guard_mode,
-        "grounded": recipe.grounded, "incomplete": run_incomplete(run_dir),
+        "grounded": recipe.grounded, "incomplete": stopped,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "probe": str(probe_path) if probe_path else None,
         "contestants": [{"name": c.model.name, "label": c.model.label, "modes": list(c.modes),
@@ -264,11 +265,13 @@ def _significance(items, replies, contenders) -> dict:
 
 
 def _regressions(items, replies, contenders) -> list[dict]:
-    """Held-out questions where the tuned model's answer scored lower (chrF) than its rival's."""
+    """Held-out questions where the tuned model's answer scored at least REGRESSION_MIN_DROP chrF
+    below its rival's."""
     if len(contenders) < 2 or isinstance(contenders[1].model, LocalModel) and contenders[1].model.name == "ungrounded":
         return []  # no rival (`--against none`)
     tuned, rival = replies["tuned", "off"], replies[contenders[1].model.name, "off"]
     rows = [{"question": it.question, "tuned_chrf": round(t.chrf, 2), "rival_chrf": round(r.chrf, 2),
              "delta": round(t.chrf - r.chrf, 2)}
-            for it, t, r in zip(items, tuned, rival) if it.origin == HELD_OUT and t.chrf is not None and t.chrf < r.chrf]
+            for it, t, r in zip(items, tuned, rival)
+            if it.origin == HELD_OUT and t.chrf is not None and t.chrf <= r.chrf - REGRESSION_MIN_DROP]
     return sorted(rows, key=lambda row: row["delta"])[:REGRESSIONS_SHOWN]
