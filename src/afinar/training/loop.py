@@ -37,7 +37,7 @@ from afinar.training.checkpoint import latest_checkpoint, load_checkpoint, save_
 from afinar.training.examples import load_examples, tokens_to_train
 from afinar.training.lora import build_model
 from afinar.training.loss import AnswerOnlyLM, eval_loss
-from afinar.training.runtime import TrainSetup, preflight, resolve_setup
+from afinar.training.runtime import TrainSetup, preflight, resolve_setup, resume_command
 
 
 class TrainingInterrupted(AfinarError):
@@ -241,7 +241,7 @@ class _Loop:
             self._checkpoint()
         if stop.signal:
             raise TrainingInterrupted(f"stopped by signal {stop.signal} at step {step}/{self.total_steps}; "
-                                      f"checkpoint saved. Continue with: afinar train {self.recipe.source or '<recipe>'} --resume")
+                                      f"checkpoint saved. Continue with: {resume_command(self.recipe)}")
         return last
 
     def _evaluate(self) -> None:

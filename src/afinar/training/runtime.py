@@ -169,9 +169,12 @@ def write_status(run_dir: Path, recipe: Recipe, step: int, total_steps: int, com
     from afinar.io import atomic_write_json
     from afinar.models import STATUS_FILE
 
-    source = recipe.source or "<recipe>"
     atomic_write_json(run_dir / STATUS_FILE, {"complete": complete, "step": step, "total_steps": total_steps,
-                                              "resume": f"afinar train {source} --resume"})
+                                              "resume": resume_command(recipe)})
+
+
+def resume_command(recipe: Recipe) -> str:
+    return f"afinar train {recipe.source or '<recipe>'} --resume"
 
 
 def write_outputs(run_dir: Path, recipe: Recipe, metrics: list[dict], state: dict) -> None:
