@@ -54,12 +54,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-base", action="store_true", help="skip the base model's answers (the slowest part here)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders (printed) to read the answers")
     parser.add_argument("--no-ungrounded", action="store_true", help="skip the run's answers without records")
+    parser.add_argument("--generated", action="store_true",
+                        help="train and calibrate with bench/teacher_data/<name>_generated.jsonl (data.generated): "
+                             "paraphrases and near misses written by hand apart from the code and the probes, "
+                             "standing in for a teacher's output")
     parser.add_argument("--out", default=str(HERE / "results" / "grounding.json"))
     args = parser.parse_args(argv)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     for name in args.domains:
-        r = run_domain(name, args.overrides, args.quick, args.no_base, args.keep, not args.no_ungrounded)
+        r = run_domain(name, args.overrides, args.quick, args.no_base, args.keep, not args.no_ungrounded, args.generated)
         results.setdefault(name, {"role": ROLES[name]})[args.label] = r
         print(f"{name:13s} {args.label}: " + "  ".join(f"{k} {v}" for k, v in r["refuse"].items()), file=sys.stderr)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +72,7 @@ def main(argv=None) -> dict:
 
 
 def run_domain(name: str, overrides: list[str], quick: bool = False, no_base: bool = False, keep: bool = False,
-               ungrounded: bool = True) -> dict:
+               ungrounded: bool = True, generated: bool = False) -> dict:
     from afinar.evaluation import evaluate
     from afinar.recipes import load_recipe
     from afinar.recipes.starter import write_starter_recipe
@@ -78,6 +82,9 @@ def run_domain(name: str, overrides: list[str], quick: bool = False, no_base: bo
     work = Path(tempfile.mkdtemp(prefix=f"afinar-grounding-{name}-"))
     data = work / f"{name}_faq.csv"
     shutil.copy(folder / f"{name}_faq.csv", data)
+    if generated:
+        shutil.copy(HERE / "teacher_data" / f"{name}_generated.jsonl", work / "generated.jsonl")
+        overrides = [*overrides, "data.generated=[generated.jsonl]"]
     recipe = load_recipe(write_starter_recipe(data), [*overrides, f"train.output_dir={work / 'runs'}"])
     start = time.perf_counter()
     result = train(recipe, progress=False, log=lambda *a, **k: None)

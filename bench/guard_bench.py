@@ -34,29 +34,40 @@ ROLES = {
     "internet": "held out (written for the e5 guard, run once its settings were fixed)",
     "hospital": "held out (written for the e5 guard, run once its settings were fixed)",
 }
+# bench/grounding_data: written for grounding by helpers who saw no code; held out from the design of
+# the calibration with generated data (`--generated`), which was chosen on gimnasio and municipalidad
+GROUNDING_ROLES = {name: "held out (grounding's FAQs; also for the calibration with generated data)"
+                   for name in ("buses", "dental", "reciclaje")}
+GROUNDING_DOMAINS = set(GROUNDING_ROLES)
 # Targets (issue 4): strict routes >= 95% right; refuse >= 85% right with <= 5% of in-domain refused.
 TARGET_STRICT, TARGET_REFUSE, TARGET_WRONGLY_REFUSED = 0.95, 0.85, 0.05
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--domains", nargs="+", default=list(ROLES), choices=list(ROLES))
+    parser.add_argument("--domains", nargs="+", default=list(ROLES), choices=list(ROLES) + list(GROUNDING_ROLES))
     parser.add_argument("--paraphrases", type=int, default=1, help="template paraphrases per row (the recipe default)")
-    parser.add_argument("--out", default=str(HERE / "results" / "guard.json"))
+    parser.add_argument("--generated", action="store_true",
+                        help="also use bench/teacher_data/<name>_generated.jsonl (paraphrases and near misses written "
+                             "by hand apart from the code and the probes, standing in for a teacher's output)")
+    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
     results = {"command": "python bench/guard_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "embedder": _embedder_name(),
                "targets": {"strict": TARGET_STRICT, "refuse": TARGET_REFUSE, "wrongly_refused": TARGET_WRONGLY_REFUSED},
-               "domains": {name: {"role": ROLES[name], **run_domain(name, args.paraphrases)} for name in args.domains}}
+               "generated": args.generated,
+               "domains": {name: {"role": {**ROLES, **GROUNDING_ROLES}[name], **run_domain(name, args.paraphrases, args.generated)}
+                           for name in args.domains}}
     for name, r in results["domains"].items():
         for mode, m in r["modes"].items():
             print(f"{name:13s} {mode:7s} accuracy {m['accuracy']:.3f}  in-domain wrongly refused "
                   f"{m['wrongly_refused_in_domain']:.3f}  let through wrongly {m['let_through_wrongly']:.3f}  "
                   f"{m['by_kind']}  p50 {m['latency_ms_p50']} ms", file=sys.stderr)
     print(json.dumps(results, indent=2, ensure_ascii=False))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    out = Path(args.out or HERE / "results" / ("guard_generated.json" if args.generated else "guard.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return results
 
 
@@ -66,20 +77,28 @@ def _embedder_name() -> str:
     return load_embedder().name
 
 
-def run_domain(name: str, paraphrases: int) -> dict:
+def run_domain(name: str, paraphrases: int, generated: bool = False) -> dict:
     from afinar.data import check_data
     from afinar.data.augment import bundled_negatives, paraphrase
+    from afinar.data.generated import check_generated
     from afinar.index import DomainGuard, Record, load_embedder
 
-    report = check_data([HERE / "guard_data" / f"{name}_faq.csv"])
+    folder = HERE / ("grounding_data" if name in GROUNDING_DOMAINS else "guard_data")
+    report = check_data([folder / f"{name}_faq.csv"])
     rng = random.Random(0)
     records = [Record([ex.first_user(), *paraphrase(ex.first_user(), rng, paraphrases)], ex.last_answer(), str(i + 1))
                for i, ex in enumerate(report.examples)]
+    items = check_generated([HERE / "teacher_data" / f"{name}_generated.jsonl"], report.examples)[0] if generated else []
+    by_question = {r.questions[0]: r for r in records}
+    for item in items:
+        if item.kind == "paraphrase":  # as `afinar train` indexes them (index/store.py)
+            by_question[item.record].questions.append(item.question)
     t0 = time.perf_counter()
     guard = DomainGuard(records, load_embedder())
-    thresholds = guard.calibrate(list(bundled_negatives()[0]))
+    thresholds = guard.calibrate(list(bundled_negatives()[0]), [i.question for i in items if i.kind == "paraphrase"],
+                                 [i.question for i in items if i.kind != "paraphrase"])
     build_s = time.perf_counter() - t0
-    probe_path = HERE / "guard_data" / f"{name}_probe.jsonl"
+    probe_path = folder / f"{name}_probe.jsonl"
     probes = [json.loads(line) for line in probe_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return {"build_seconds": round(build_s, 2), "thresholds": thresholds.__dict__,
             "modes": {mode: run_mode(guard, probes, mode) for mode in ("strict", "refuse")}}

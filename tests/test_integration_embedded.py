@@ -124,3 +124,48 @@ def test_embedded_grounded_answer_states_a_fact_of_a_record_held_out_from_traini
         right += not reply.refused and fact in reply.answer and reply.sources[0]["question"] == question
         print(f"{question!r}: model's own text {'replaced' if reply.replaced else 'kept'}: {reply.answer[:80]!r}")
     assert right >= len(held) - 1, f"{right} of {len(held)} held-out records answered with their fact"
+
+
+def test_the_embedded_run_served_on_loopback_is_a_teacher(tmp_path, embedded):
+    """`afinar data generate` end to end against a real OpenAI-compatible server: afinar's own,
+    serving the embedded run. A 135M model is a poor teacher: what is checked is the pipeline
+    (requests, parsing, checks, provenance), not the quality of what it writes."""
+    import json
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+    from conftest import write
+
+    from afinar.assistant.engine import Engine
+    from afinar.data.generate import generate_data
+    from afinar.data.teacher import load_teacher
+    from afinar.serving.api import create_app
+
+    result = train(demo_recipe(tmp_path, "train.max_steps=1", "guard.mode=off", "data.eval_fraction=0"), progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(Engine([result.run_dir])), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        write(tmp_path / "faq.csv", "pregunta;respuesta\n¿Qué es una pila?;Una estructura LIFO: el último en entrar sale primero.\n"
+                                    "¿Qué es una cola?;Una estructura FIFO: el primero en entrar sale primero.\n")
+        url = f"http://127.0.0.1:{port}/v1"
+        recipe = load_recipe(write(tmp_path / "r.yaml", (
+            f"name: t\ndata:\n  files: [faq.csv]\nteacher:\n  url: {url}\n  model: {result.run_dir.name}\n"
+            "  paraphrases: 2\n  near_misses: 0\n  out_of_domain: 0\n  temperature: 0\n  max_tokens: 96\n  retries: 2\n")))
+        t = recipe.teacher
+        out = generate_data(recipe, load_teacher(t.url, t.model, temperature=0, max_tokens=96), progress=False,
+                            log=lambda *a: None)
+    finally:
+        server.should_exit = True
+    assert out.requests == 2 and out.tokens > 0
+    rows = [json.loads(line) for line in out.output.read_text(encoding="utf-8").splitlines()]
+    assert sum(out.accepted.values()) == len(rows) and len(rows) + sum(out.rejected.values()) > 0
+    assert all(r["provenance"]["teacher"] == url and r["provenance"]["model"] == result.run_dir.name for r in rows)
+    assert all(r["record"] in ("¿Qué es una pila?", "¿Qué es una cola?") for r in rows if r["kind"] == "paraphrase")

@@ -2,6 +2,7 @@
 
 Domain errors (`AfinarError`) become one clear line on stderr and exit status 1, in one place
 (`_Group.invoke`). Heavy libraries are imported inside the commands, so `afinar --help` is instant.
+`data.py` holds the data stage's commands (check, prepare, generate), `common.py` what they share,
 `chat.py` is the terminal chat loop, `demo.py` the `afinar demo` pipeline; `python -m afinar.cli`
 runs this group (`__main__.py`), which is what `accelerate launch -m afinar.cli train` needs.
 """
@@ -15,102 +16,13 @@ from pathlib import Path
 import click
 
 from afinar import __version__
-from afinar.errors import AfinarError
-
-
-class _Group(click.Group):
-    """A click group that turns AfinarError into `Error: ...` and exit status 1."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except AfinarError as exc:
-            click.secho(f"Error: {exc}", fg="red", err=True)
-            ctx.exit(exc.exit_code)
-
-
-def _parse_map(pairs: tuple[str, ...]) -> dict[str, str]:
-    mapping = {}
-    for pair in pairs:
-        role, sep, column = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r}: expected role=column, e.g. question=Pregunta", param_hint="--map")
-        mapping[role.strip()] = column.strip()
-    return mapping
+from afinar.cli.common import _Group
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="afinar")
 def main():
     """afinar: turn a small domain dataset into a trustworthy domain assistant."""
-
-
-@main.group(cls=_Group)
-def data():
-    """Check and prepare datasets."""
-
-
-@data.command("check")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path), help="Take schema, columns, model and limits from this recipe.")
-@click.option("--schema", type=click.Choice(["auto", "qa", "alpaca", "messages", "user_story"]), default=None, help="Record layout (default: detect).")
-@click.option("--map", "mapping", multiple=True, metavar="ROLE=COLUMN", help="Map a role to a column, e.g. --map question=Pregunta.")
-@click.option("--model", default=None, help="Base model whose tokenizer measures the examples (default: the recipe's, else embedded).")
-@click.option("--max-seq-len", type=int, default=None, help="Examples longer than this many tokens are errors (default: the recipe's).")
-@click.option("--no-tokens", is_flag=True, help="Skip token counting (no tokenizer is loaded).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def data_check(paths, recipe_path, schema, mapping, model, max_seq_len, no_tokens, as_json):
-    """Validate dataset files and report every problem (exit 1 when there are errors)."""
-    from afinar.data import check_data
-    from afinar.recipes import Recipe, load_recipe
-
-    recipe = load_recipe(recipe_path) if recipe_path else None
-    schema = schema or (recipe.data.schema_ if recipe else "auto")
-    columns = _parse_map(mapping) or (recipe.data.columns if recipe else {})
-    model = model or (recipe.base_model if recipe else "embedded")
-    tokenizer = None if no_tokens else _tokenizer(model, recipe)
-    defaults = recipe or Recipe()  # the recipe defaults apply when no recipe is given
-    report = check_data(
-        list(paths), schema=schema, columns=columns, tokenizer=tokenizer, tokenizer_name=None if no_tokens else model,
-        system_prompt=recipe.system_prompt if recipe else None,
-        max_seq_len=max_seq_len or defaults.train.max_seq_len, min_examples=defaults.data.min_examples,
-    )
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
-    else:
-        for issue in report.issues:
-            click.secho(str(issue), fg="red" if issue.severity == "error" else "yellow")
-        for line in report.summary_lines():
-            click.echo(line)
-        click.secho("OK: the data is usable" if report.ok else "FAILED: fix the errors above", fg="green" if report.ok else "red", bold=True)
-    sys.exit(0 if report.ok else 1)
-
-
-def _tokenizer(model: str, recipe=None):
-    from afinar.models import load_tokenizer
-
-    if recipe is not None:
-        return load_tokenizer(model, recipe.trust_remote_code, recipe.chat_template)
-    return load_tokenizer(model)
-
-
-@data.command("prepare")
-@click.argument("recipe_path", type=click.Path(path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe field, e.g. --set data.eval_fraction=0.2.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: <output_dir>/<name>/data).")
-@click.option("--skip-invalid", is_flag=True, help="Leave out records with errors (counted and reported) instead of stopping.")
-def data_prepare(recipe_path, overrides, out, skip_invalid):
-    """Check, split and augment a recipe's data into train/eval JSONL."""
-    from afinar.data import prepare_data
-    from afinar.recipes import load_recipe
-
-    recipe = load_recipe(recipe_path, list(overrides) + (["data.skip_invalid=true"] if skip_invalid else []))
-    out = out or Path(recipe.train.output_dir) / recipe.name / "data"
-    prepared = prepare_data(recipe, out, tokenizer=_tokenizer(recipe.base_model, recipe), tokenizer_name=recipe.base_model)
-    for issue in prepared.report.issues:
-        click.secho(str(issue), fg="yellow" if issue.severity == "warning" else "red")
-    click.echo(prepared.summary())
-    click.echo(f"Wrote {prepared.train_path}, {prepared.eval_path} and {prepared.report_path}")
 
 
 @main.command("init")
@@ -372,3 +284,7 @@ def demo(workdir):
 
     run_demo(workdir)
 
+
+from afinar.cli.data import data  # noqa: E402 (the data stage's commands live in their own module)
+
+main.add_command(data)

@@ -38,6 +38,9 @@ PASSAGE_WEIGHT, QUESTION_WEIGHT, COVERAGE_WEIGHT = 1.0, 0.25, 0.10
 GUARD_VERSION = 4
 # Calibration (see `calibrate`): quantiles of the out-of-domain questions' scores.
 REFUSE_QUANTILE, STRICT_QUANTILE, MIN_THRESHOLD = 0.95, 0.97, 0.2
+# Calibration with users' paraphrases (a teacher's, see `calibrate` and `_separate`): used from
+# MIN_POSITIVES of them. Chosen on the development FAQs (`_separate`).
+MIN_POSITIVES, REFUSE_POSITIVE_QUANTILE, STRICT_NEGATIVE_WEIGHT = 20, 0.15, 2.0
 # Strict mode refuses when a record on another topic scores within STRICT_MARGIN of the best one:
 # a wrong curated answer is worse than a refusal. Records whose question-and-answer passages have
 # a cosine of at least SAME_TOPIC are on the same topic (the strict tutor has a dozen about bubble
@@ -134,28 +137,65 @@ class DomainGuard:
         close = np.flatnonzero(row >= row[best] - STRICT_MARGIN)
         return any(passages[best] @ passages[i] < SAME_TOPIC for i in close if i != best)
 
-    def calibrate(self, negatives: list[str]) -> Thresholds:
-        """Pick the refuse and strict thresholds from out-of-domain questions (`negatives`).
+    def calibrate(self, negatives: list[str], positives: list[str] | None = None,
+                  near_misses: list[str] | None = None) -> Thresholds:
+        """Pick the refuse and strict thresholds from out-of-domain questions (`negatives`), and from
+        users' paraphrases (`positives`) and near misses where a teacher wrote them (data/generated.py).
 
-        Real users' paraphrases of a record score far below any copy of its question that can be
-        made without a model (measured on the benchmark FAQs: the 5th percentile of real paraphrases
-        sits near the 95th percentile of out-of-domain questions), so positives made from the
-        records cannot place the threshold. The negatives' score distribution can: the refuse
-        threshold lets through the top (1 - REFUSE_QUANTILE) share of them, which kept at most 5%
-        of in-domain paraphrases refused on the development FAQ; strict mode, where a wrong curated
-        answer is worse than a refusal, uses the higher STRICT_QUANTILE. Both stay above MIN_THRESHOLD.
-        """
+        Without positives: real users' paraphrases of a record score far below any copy of its
+        question that can be made without a model (measured on the benchmark FAQs: the 5th
+        percentile of real paraphrases sits near the 95th percentile of out-of-domain questions),
+        so template copies cannot place the threshold. The negatives' score distribution can: the
+        refuse threshold lets through the top (1 - REFUSE_QUANTILE) share of them, which kept at
+        most 5% of in-domain paraphrases refused on the development FAQ; strict mode, where a wrong
+        curated answer is worse than a refusal, uses the higher STRICT_QUANTILE.
+
+        With positives (`_separate`): each is scored without its own question in the index (it is
+        one of a record's questions there), and the thresholds are placed between the two
+        distributions. Both stay above MIN_THRESHOLD."""
+        negatives = list(negatives) + list(near_misses or [])
         neg = np.array([s for _, s in self.scores(negatives)]) if negatives else np.zeros(1)
-        refuse = max(MIN_THRESHOLD, float(np.quantile(neg, REFUSE_QUANTILE)))
-        strict = max(refuse, float(np.quantile(neg, STRICT_QUANTILE)))
+        pos = self._left_out_scores(positives or [])
+        if len(pos) >= MIN_POSITIVES:
+            refuse, strict = _separate(pos, neg)
+        else:
+            refuse = max(MIN_THRESHOLD, float(np.quantile(neg, REFUSE_QUANTILE)))
+            strict = max(refuse, float(np.quantile(neg, STRICT_QUANTILE)))
         own = np.array([s for _, s in self.scores([r.questions[0] for r in self.records])])
-        self.thresholds = Thresholds(refuse, strict, {
-            "negatives": len(negatives),
-            "negatives_refused_at_refuse": round(float((neg < refuse).mean()), 4),
-            "negatives_refused_at_strict": round(float((neg < strict).mean()), 4),
-            "own_questions_kept_at_strict": round(float((own >= strict).mean()), 4),
-        })
+        info = {"negatives": len(negatives),
+                "negatives_refused_at_refuse": round(float((neg < refuse).mean()), 4),
+                "negatives_refused_at_strict": round(float((neg < strict).mean()), 4),
+                "own_questions_kept_at_strict": round(float((own >= strict).mean()), 4)}
+        if len(pos):
+            info.update(_separation(pos, neg, refuse, strict))
+        if near_misses:
+            near = neg[len(negatives) - len(near_misses):]
+            info["near_misses"] = len(near_misses)
+            info["near_misses_refused_at_refuse"] = round(float((near < refuse).mean()), 4)
+        self.thresholds = Thresholds(refuse, strict, info)
         return self.thresholds
+
+    def _left_out_scores(self, positives: list[str]) -> np.ndarray:
+        """Each positive's best score over the records, as if no positive were in the index: scored
+        by a copy of this guard whose records keep only their other questions (its embeddings are
+        reused; the word index is rebuilt). Leaving out only a positive's own copy scored it far
+        above users' questions (its siblings in other styles, and its own words in the record's
+        word index): on the development FAQs that threshold refused 1% of the positives and 11-13%
+        of the probe's paraphrases."""
+        if not positives:
+            return np.zeros(0)
+        held = set(positives)
+        n, keep, records = len(self.records), [], []
+        row = n
+        for r in self.records:
+            kept = [q for q in r.questions if q not in held] or r.questions[:1]
+            for q in r.questions:
+                if q in kept:
+                    keep.append(row)
+                row += 1
+            records.append(Record(kept, r.answer, r.source, r.refusal))
+        emb = np.concatenate([self.emb[:n], self.emb[keep]])
+        return DomainGuard(records, self.embedder, self.thresholds, emb).matrix(positives).max(axis=1)
 
     def save(self, folder: Path) -> None:
         from afinar.io import atomic_dir
@@ -177,6 +217,33 @@ class DomainGuard:
         records = [Record(**r) for r in data["records"]]
         emb = np.load(folder / "embeddings.npy", allow_pickle=False)
         return cls(records, embedder, Thresholds(**data["thresholds"]), emb)
+
+
+def _separate(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float]:
+    """(refuse, strict) thresholds from users' paraphrases `pos` (scored with no paraphrase of
+    theirs in the index: lower than users' questions meet, see `_left_out_scores`) and
+    out-of-domain questions and near misses `neg`.
+
+    refuse: the REFUSE_POSITIVE_QUANTILE of `pos`; strict: the threshold with the most paraphrases
+    let through plus negatives refused (each a share of its kind, a refused negative counted
+    STRICT_NEGATIVE_WEIGHT times: a wrong curated answer is worse than a refusal), never below
+    refuse. Chosen on the development FAQs gimnasio and municipalidad with hand-written stand-ins
+    for a teacher's output (bench/teacher_data): refuse-mode quantiles 0.05 / 0.10 / 0.15 / 0.20
+    / 0.25 routed 88.5 / 93.1 / 93.8 / 93.1 / 93.1% (gimnasio) and 86.2 / 87.7 / 88.5 / 90.0 /
+    91.5% (municipalidad) right, with 0 / 0 / 0 / 1.4-2.9 / 4.3% of in-domain questions refused."""
+    refuse = max(MIN_THRESHOLD, float(np.quantile(pos, REFUSE_POSITIVE_QUANTILE)))
+    candidates = np.unique(np.concatenate([pos, neg]))
+    let_through = (pos[None, :] >= candidates[:, None]).mean(axis=1)
+    refused = (neg[None, :] < candidates[:, None]).mean(axis=1)
+    return refuse, max(refuse, float(candidates[int(np.argmax(let_through + STRICT_NEGATIVE_WEIGHT * refused))]))
+
+
+def _separation(pos: np.ndarray, neg: np.ndarray, refuse: float, strict: float) -> dict:
+    """How the paraphrases and the negatives separate: their AUC, and each side's errors."""
+    auc = float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+    return {"positives": int(len(pos)), "auc": round(auc, 4),
+            "positives_refused_at_refuse": round(float((pos < refuse).mean()), 4),
+            "positives_refused_at_strict": round(float((pos < strict).mean()), 4)}
 
 
 def _ms(start: float) -> float:

@@ -4,7 +4,10 @@ Records: every curated answer of the run's data (train and eval sides: strict mo
 to return any of them, and grounding serves every record, held-out ones included), with the
 questions that lead to it (originals and paraphrases). Refusal examples are not records.
 Calibration negatives: the bundled out-of-domain questions and injection attempts of the training
-pool (the eval pool stays unseen for `afinar eval`).
+pool (the eval pool stays unseen for `afinar eval`). Where the recipe lists generated data
+(`data.generated`, kept in the run as data/generated.jsonl), its paraphrases join their records'
+questions (held-out records' too) and calibrate the guard as positives, and its near misses and
+out-of-domain questions as negatives (guard.py: `calibrate`).
 
 `rebuild_run_index` (`afinar index RUN`) reads the recipe's data files again, so a record added
 or changed after training is served, grounded on, without retraining: it takes seconds.
@@ -18,6 +21,7 @@ from pathlib import Path
 from afinar.data import load_prepared
 from afinar.data.augment import bundled_negatives
 from afinar.data.check import normalise_text
+from afinar.data.generated import GeneratedItem, load_generated
 from afinar.errors import AfinarError, DataError
 from afinar.index.guard import DomainGuard, Record
 
@@ -60,10 +64,27 @@ def build_run_guard(run_dir: Path, embedder=None) -> DomainGuard:
     if not records:
         raise AfinarError(f"{run_dir}: no training records to build the domain guard from (expected "
                           f"{run_dir / 'data' / 'train.jsonl'}); copy the run's data/ folder back, or use --mode off")
-    guard = DomainGuard(records, embedder or load_embedder())
-    guard.calibrate(list(bundled_negatives()[0]))
+    generated = load_generated(run_dir / "data" / "generated.jsonl")
+    guard = DomainGuard(with_generated(records, generated), embedder or load_embedder())
+    calibrate(guard, generated)
     guard.save(run_dir / GUARD_DIR)
     return guard
+
+
+def with_generated(records: list[Record], items: list[GeneratedItem]) -> list[Record]:
+    """`records`, each with the generated paraphrases of its curated question among its questions."""
+    by_question = {normalise_text(r.questions[0]): r for r in records}
+    for item in items:
+        record = by_question.get(normalise_text(item.record or "")) if item.kind == "paraphrase" else None
+        if record is not None and item.question not in record.questions:
+            record.questions.append(item.question)
+    return records
+
+
+def calibrate(guard: DomainGuard, items: list[GeneratedItem]) -> None:
+    """Calibrate on the bundled negatives, and on the generated items where there are some."""
+    guard.calibrate(list(bundled_negatives()[0]), [i.question for i in items if i.kind == "paraphrase"],
+                    [i.question for i in items if i.kind != "paraphrase"])
 
 
 @dataclass
@@ -97,11 +118,23 @@ def rebuild_run_index(run_dir: Path, embedder=None) -> IndexChange:
             if q not in record.questions:
                 record.questions.append(q)
     keys = {answer_key(r.answer) for r in fresh}
-    guard = DomainGuard(fresh, embedder or load_embedder())
-    guard.calibrate(list(bundled_negatives()[0]))
+    generated = _generated_now(recipe, report.examples, run_dir)
+    guard = DomainGuard(with_generated(fresh, generated), embedder or load_embedder())
+    calibrate(guard, generated)
     guard.save(run_dir / GUARD_DIR)
     return IndexChange(len(fresh), [r.questions[0] for r in fresh if answer_key(r.answer) not in old],
                        [r.questions[0] for k, r in old.items() if k not in keys], run_dir / GUARD_DIR)
+
+
+def _generated_now(recipe, examples, run_dir: Path) -> list[GeneratedItem]:
+    """The recipe's generated files as they are now (checked against the records as they are now),
+    else the run's copy."""
+    from afinar.data.generated import check_generated
+
+    files = [f for f in recipe.data.generated if Path(f).exists()]
+    if files:
+        return check_generated(files, examples)[0]
+    return load_generated(run_dir / "data" / "generated.jsonl")
 
 
 def _refusal(run_dir: Path) -> str:

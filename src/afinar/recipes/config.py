@@ -34,6 +34,7 @@ class DataConfig(_Section):
     split_by: Literal["answer", "record"] = Field("answer", description="'answer' keeps paraphrases of one answer on the same side of the split (no leakage); 'record' splits records.")
     paraphrases: int = Field(0, ge=0, le=5, description="Template paraphrases added per training question (Spanish and English templates).")
     negatives: float = Field(0.1, ge=0.0, le=0.3, description="Share of out-of-domain questions answered with the refusal (needs `refusal`).")
+    generated: list[str] = Field(default_factory=list, description="Files written by `afinar data generate` (JSONL: paraphrases, near misses, out-of-domain questions), relative to the recipe file. Paraphrases train and join the index; all calibrate the guard. Never mixed in unless listed here.")
     min_examples: int = Field(10, ge=1, description="Fewer usable examples than this is an error.")
     skip_invalid: bool = Field(False, description="Train past records with errors (they are counted and reported). Off: any error stops.")
     seed: int = Field(42, description="Seed for the split and the augmentation.")
@@ -102,6 +103,34 @@ class GroundingConfig(_Section):
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
+class TeacherConfig(_Section):
+    url: str = Field("", description="The teacher for `afinar data generate`: an OpenAI-compatible endpoint (e.g. http://127.0.0.1:11434/v1 for Ollama, a vLLM server, `afinar serve`) or a local .gguf file run with llama.cpp.")
+    model: str = Field("", description="The teacher's model name, as its endpoint lists it.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the endpoint's key (read from the environment only, never written anywhere).")
+    paraphrases: int = Field(5, ge=0, le=30, description="Paraphrases asked per record (informal, typos, shorthand, English, a situation described).")
+    near_misses: int = Field(30, ge=0, le=500, description="Near-miss questions asked for the domain: its words, a request no record covers.")
+    out_of_domain: int = Field(30, ge=0, le=500, description="Plain out-of-domain questions asked, in the domain's language.")
+    output: str = Field("generated.jsonl", description="Where the generated file goes, relative to the recipe file (add it to data.generated to use it).")
+    concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at once.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds before a request is abandoned and retried.")
+    retries: int = Field(5, ge=0, le=20, description="Retries per request after a 429, a 5xx, a timeout or an unreadable reply (exponential backoff).")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="The teacher's sampling temperature (variety matters here).")
+    max_tokens: int = Field(700, ge=16, le=8192, description="Longest reply asked of the teacher per request.")
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        """A key in the URL would be saved with every run's recipe.yaml: the environment only."""
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(value)
+        if parts.username or parts.password or any(k.lower() in ("key", "api_key", "apikey", "token", "access_token")
+                                                   for k in parse_qs(parts.query)):
+            raise ValueError("the URL holds a credential; remove it and put the key in the environment "
+                             "variable named by teacher.api_key_env (OPENAI_API_KEY by default)")
+        return value
+
+
 class GenerationConfig(_Section):
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Longest answer in tokens.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding (the default for domain assistants).")
@@ -135,6 +164,7 @@ class Recipe(_Section):
     grounding: GroundingConfig = Field(default_factory=GroundingConfig, description="Answering from the dataset's records, given in the prompt.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Decoding settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="What `afinar eval` asks and how.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="The teacher model that `afinar data generate` asks for paraphrases and near misses.")
     interview: InterviewConfig | None = Field(None, description="Optional guided interview.")
     _source: str | None = PrivateAttr(None)  # the recipe file it was read from (for `--resume` hints)
 
@@ -237,6 +267,9 @@ def validate_recipe(raw: dict[str, Any], source: str, base_dir: Path, check_file
     if problems:
         raise RecipeError(source, problems)
     recipe.data.files = [str((base_dir / f).resolve()) for f in recipe.data.files]
+    recipe.data.generated = [str((base_dir / f).resolve()) for f in recipe.data.generated]
+    if recipe.teacher.output:
+        recipe.teacher.output = str((base_dir / recipe.teacher.output).resolve())
     if recipe.eval.probe:
         recipe.eval.probe = str((base_dir / recipe.eval.probe).resolve())
     return recipe
@@ -257,8 +290,13 @@ def _data_file_problems(raw: dict, base_dir: Path) -> list[str]:
         return ["data.files: no dataset files; add data: {files: [my_data.csv]}"]
     if not isinstance(files, list):
         return []
+    generated = (raw.get("data") or {}).get("generated") or []
+    if isinstance(generated, str):
+        generated = raw["data"]["generated"] = [generated]
     return [f"data.files[{i}]: no such file: {base_dir / f}" for i, f in enumerate(files)
-            if isinstance(f, str) and not (base_dir / f).exists()]
+            if isinstance(f, str) and not (base_dir / f).exists()] + [
+        f"data.generated[{i}]: no such file: {base_dir / f} (write it with `afinar data generate`)"
+        for i, f in enumerate(generated if isinstance(generated, list) else []) if isinstance(f, str) and not (base_dir / f).exists()]
 
 
 def _consistency_problems(recipe: Recipe) -> list[str]:

@@ -326,6 +326,10 @@ class _Loop:
                 grounded = f"; answers grounded on its {len(guard.records)} records" if self.recipe.grounded else ""
                 self.log(f"guard: {self.recipe.guard_mode} mode, thresholds refuse {t.refuse:.3f} / strict {t.strict:.3f}"
                          f"{grounded} (saved in {self.run_dir / 'guard'})")
+                if "auc" in (c := t.calibration):
+                    self.log(f"guard calibrated on {c['positives']} generated paraphrases and {c['negatives']} "
+                             f"negatives: AUC {c['auc']:.3f}; paraphrases refused {c['positives_refused_at_refuse']:.0%}, "
+                             f"near misses refused {c.get('near_misses_refused_at_refuse', 0):.0%} (refuse mode)")
             self._status(complete=True)
         losses = [m["loss"] for m in self.metrics if "loss" in m]
         return TrainResult(self.run_dir, self.run_dir / "adapter", s["step"], s["tokens"], s["seconds"],
