@@ -111,6 +111,30 @@ def guard_section(data: dict | None) -> list[str]:
     return lines + [""]
 
 
+def teacher_section(template: dict | None, generated: dict | None) -> list[str]:
+    """Routing with template paraphrases vs with hand-written stand-ins for a teacher's output (issue 19)."""
+    if not template or not generated or "domains" not in generated:
+        return ["## Guard with teacher-written data", "", "Not run yet: `python bench/guard_bench.py --generated "
+                "--domains gimnasio municipalidad buses dental reciclaje` and the same without `--generated`.", ""]
+    lines = ["## Guard with teacher-written data", "",
+             f"Command: `{generated['command'].strip()}`, against `{template['command'].strip()}`. The generated files "
+             "(bench/teacher_data/) are hand-written stand-ins for a teacher's output (5 paraphrases per record, 30 near "
+             "misses, 30 out-of-domain questions), written by helpers who saw only the FAQ: this machine has no capable "
+             "teacher. Calibration rule chosen on gimnasio and municipalidad. Targets (issue 19): strict >= 95%, "
+             "refuse >= 92% with <= 3% of in-domain questions refused.", "",
+             "| FAQ | role | strict: template -> generated | refuse: template -> generated | in-domain refused |",
+             "|---|---|---:|---:|---:|"]
+    for name, g in generated["domains"].items():
+        t = template["domains"].get(name)
+        if not t:
+            continue
+        ts, tr, gs, gr = t["modes"]["strict"], t["modes"]["refuse"], g["modes"]["strict"], g["modes"]["refuse"]
+        lines.append(f"| {name} | {g['role'].split(' (')[0]} | {ts['accuracy']:.1%} -> {gs['accuracy']:.1%} | "
+                     f"{tr['accuracy']:.1%} -> {gr['accuracy']:.1%} | {tr['wrongly_refused_in_domain']:.1%} -> "
+                     f"{gr['wrongly_refused_in_domain']:.1%} |")
+    return lines + [""]
+
+
 def serve_section(data: dict | None) -> list[str]:
     if data is None:
         return ["## Serving under load", "", "Not run yet: `python bench/serve_load.py`.", ""]
@@ -141,15 +165,17 @@ def targets_section(train: dict | None, scaling: dict | None, inference: dict | 
                 rows.append((f"training, FAQ: eval loss <= the {rival}'s", f"{a['eval_loss_best']:.4f} vs {faq[key]['eval_loss_best']:.4f}",
                              faq[f"eval_loss_ok_vs_{key}"]))
         share = train["targets"]["share_of_bf16_peak"]
-        rows.append((f"training, FAQ: >= {share:.0%} of the bf16 matmul peak", f"{a['share_of_matmul_peak']:.0%} "
-                     f"({a['gflops']:.0f} of {train['matmul']['bf16']['peak_gflops']:.0f} GFLOP/s)", a["share_of_matmul_peak"] >= share))
+        precision = a.get("precision", "bf16")  # the peak of the precision afinar trained in
+        rows.append((f"training, FAQ: >= {share:.0%} of the {precision} matmul peak", f"{a['share_of_matmul_peak']:.0%} "
+                     f"({a['gflops']:.0f} of {train['matmul'][precision]['peak_gflops']:.0f} GFLOP/s)", a["share_of_matmul_peak"] >= share))
     if scaling:
         compiled = [r for r in scaling["results"] if r["compile"] == "on" and r["kind"] == "FAQ"]
         if compiled and train:
             best = compiled[0]["tokens_per_s"] * faq["nominal_flops_per_epoch"] / faq["tokens_per_epoch"] / 1e9 if faq else None
             if best:
-                share = best / train["matmul"]["bf16"]["peak_gflops"]
-                rows.append(("training, FAQ, 1,000 examples, compiled layers: share of the bf16 peak", f"{share:.0%}",
+                precision = (faq.get("afinar") or {}).get("precision", "bf16")
+                share = best / train["matmul"][precision]["peak_gflops"]
+                rows.append((f"training, FAQ, 1,000 examples, compiled layers: share of the {precision} peak", f"{share:.0%}",
                              share >= train["targets"]["share_of_bf16_peak"]))
         eager = {r["examples"]: r for r in scaling["results"] if r["compile"] == "off" and r["kind"] == "FAQ"}
         if len(eager) >= 2:
@@ -220,6 +246,7 @@ def main() -> None:
     parts += packing_section(_load("packing.json"))
     parts += inference_section(inference)
     parts += guard_section(_load("guard.json"))
+    parts += teacher_section(_load("guard_template_heldout.json"), _load("guard_generated.json"))
     parts += grounding_section(_load("grounding.json"))
     parts += serve_section(_load("serve_load.json"))
     OUT.write_text("\n".join(parts) + "\n", encoding="utf-8")

@@ -215,3 +215,28 @@ def test_the_guard_runs_in_a_thread_that_ends_with_it(runs):  # noqa: F811
     guard.check = lambda *a: (_ for _ in ()).throw(RuntimeError("roto"))
     with pytest.raises(RuntimeError, match="roto"):  # the guard's errors still reach the caller
         engine.decide([{"role": "user", "content": "¿Qué es una pila?"}])
+
+
+def test_greedy_generation_drops_ended_rows_and_gives_generates_tokens(tiny_model_dir, tiny_tokenizer):
+    """The eval's greedy loop (assistant/generation.py) against transformers' generate(): the same
+    tokens for every row of a left-padded batch, with the repetition penalty, when rows end at
+    different steps (the path that drops them from the batch and the cache)."""
+    from collections import Counter
+
+    from transformers import AutoModelForCausalLM
+
+    from afinar.assistant.generation import greedy_generate
+    from afinar.models import left_padded
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompts = ["hola", "una pila es una estructura de datos", "cola", "¿qué es un árbol binario de búsqueda?", "x y z"]
+    inputs = left_padded(tiny_tokenizer, prompts)
+    never = greedy_generate(model, inputs["input_ids"], inputs["attention_mask"], 16, -1, 1.1)
+    # an end token that some rows produce early and others late or never
+    eos = Counter(t for row in never for t in set(row[2:12])).most_common(1)[0][0]
+    ours = greedy_generate(model, inputs["input_ids"], inputs["attention_mask"], 16, eos, 1.1)
+    ref = model.generate(**inputs, max_new_tokens=16, do_sample=False, repetition_penalty=1.1, eos_token_id=eos,
+                         pad_token_id=tiny_tokenizer.pad_token_id)[:, inputs["input_ids"].shape[1]:].tolist()
+    ref = [row[: row.index(eos)] if eos in row else row for row in ref]
+    assert ours == ref
+    assert len({len(row) for row in ours}) > 1  # rows did end at different steps

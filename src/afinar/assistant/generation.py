@@ -82,6 +82,62 @@ def generate_batch(model, tokenizer, conversations: list[list[dict[str, str]]], 
     contexts = contexts or [None] * len(conversations)
     prompts = [render_prompt(tokenizer, with_context(m, system_prompt, c)) for m, c in zip(conversations, contexts)]
     inputs = left_padded(tokenizer, prompts).to(model.device)
-    out = model.generate(**inputs, **generation_settings(tokenizer, gen, max_new_tokens))
-    new = out[:, inputs["input_ids"].shape[1]:]
+    settings = generation_settings(tokenizer, gen, max_new_tokens)
+    if not settings["do_sample"]:
+        new = greedy_generate(model, inputs["input_ids"], inputs["attention_mask"], settings["max_new_tokens"],
+                              tokenizer.eos_token_id, gen.repetition_penalty)
+    else:
+        out = model.generate(**inputs, **settings)
+        new = out[:, inputs["input_ids"].shape[1]:]
     return [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_id: int,
+                    repetition_penalty: float = 1.0) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch that drops each row once it has ended.
+
+    Written here because `generate()` computes every row until the longest reply ends: in an eval
+    batch of long explanations and short refusals most of that work is thrown away. The tokens are
+    generate()'s (do_sample=False, the same repetition penalty, applied like transformers' processor
+    over the prompt as passed, padding included): a test compares them. Returns each row's new
+    tokens, without the end-of-turn token.
+    """
+    from transformers import DynamicCache
+
+    cache = {_cache_keyword(model): DynamicCache()}
+    active = torch.arange(input_ids.shape[0], device=input_ids.device)
+    seen, mask = input_ids, attention_mask
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                   logits_to_keep=1, **cache).logits[:, -1, :].float()
+    out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    for step in range(max_new_tokens):
+        if repetition_penalty != 1.0:
+            score = torch.gather(logits, 1, seen)
+            logits = logits.scatter(1, seen, torch.where(score < 0, score * repetition_penalty, score / repetition_penalty))
+        token = logits.argmax(-1)
+        going = token != eos_id
+        for row, t, g in zip(active.tolist(), token.tolist(), going.tolist()):
+            if g:
+                out[row].append(t)
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():  # drop the rows that ended, from the cache too
+            keep = going.nonzero().squeeze(1)
+            next(iter(cache.values())).batch_select_indices(keep)
+            active, seen, mask, token, positions = active[keep], seen[keep], mask[keep], token[keep], positions[keep]
+        seen = torch.cat([seen, token[:, None]], dim=1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                       logits_to_keep=1, **cache).logits[:, -1, :].float()
+    return out
+
+
+def _cache_keyword(model) -> str:
+    """transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name goes in 5.40)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
