@@ -271,6 +271,7 @@ def test_generated_data_trains_joins_the_index_and_calibrates_the_guard(tmp_path
     guard = build_run_guard(run)
     record = next(r for r in guard.records if r.questions[0] == held)
     assert len(record.questions) == 3  # the held-out record is served with its generated paraphrases
+    assert all(r.source.startswith(str(tmp_path / "faq.csv")) for r in guard.records)  # cited by the data's own line
     cal = guard.thresholds.calibration
     assert cal["positives"] == 8 and cal["near_misses"] == 10 and "¿Prestan portátiles?" not in str(guard.records)
     assert 0.5 <= cal["auc"] <= 1.0 and cal["positives_refused_at_refuse"] <= 0.25

@@ -88,7 +88,7 @@ def generated_paraphrases(examples: list[Example], items: list[GeneratedItem]) -
             messages = [dict(m) for m in ex.messages]
             first = next(i for i, m in enumerate(messages) if m["role"] == "user")
             messages[first]["content"] = item.question
-            out.append(Example(messages, item.path, item.line, kind="paraphrase"))
+            out.append(Example(messages, ex.path, ex.line, kind="paraphrase"))  # cited as its record
     return out
 
 

@@ -16,8 +16,9 @@ answer leaks into training), ranks for its question, laid out as inference lays 
 training question is itself in the index, so its own ranking is always confident; the layouts
 that users' paraphrases meet are sampled instead, at the rates measured above: one record
 (SINGLE_SHARE), or 2..k records with the right one first (GOLD_FIRST_SHARE) or further down.
-A `distractor_only` share gets only other records and is taught the refusal: the records do not
-answer this question (the near-miss case). Refusal examples get their own retrieved records.
+A `distractor_only` share (off by default: docs/grounding.md) gets only other records and is
+taught the refusal: the records do not answer this question (the near-miss case). Refusal
+examples get their own retrieved records.
 """
 
 from __future__ import annotations

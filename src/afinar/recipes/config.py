@@ -93,7 +93,7 @@ class GroundingConfig(_Section):
         "auto", description="Put the best-matching records in the prompt, in training and at inference, so answers state the dataset's facts (also for records never trained on). 'auto': on for qa and messages data (records that carry knowledge), off for alpaca and user_story.")
     k: int = Field(3, ge=1, le=10, description="Most records given with a question.")
     margin: float = Field(0.02, ge=0.0, le=1.0, description="Records after the best one are given only when they score within this of it: one record when the ranking is confident (a 135M model copies well and chooses badly).")
-    distractor_only: float = Field(0.1, ge=0.0, le=0.5, description="Share of training questions given only other records (the right one left out), taught to answer with the refusal: the records do not cover this.")
+    distractor_only: float = Field(0.0, ge=0.0, le=0.5, description="Share of training questions given only other records (the right one left out), taught to answer with the refusal: the records do not cover this. Off by default: at 0.1 the demo learned to refuse any question not worded like its record (docs/grounding.md).")
     on_unfaithful: Literal["flag", "curated"] = Field(
         "curated", description="When a grounded answer states a number, time, price, e-mail, URL or name found in neither its records nor the question, or copies nothing from them (an echo of the question, garbled words): 'flag' it, or 'curated': answer with the best record's own answer instead (flagged too).")
 
