@@ -39,6 +39,10 @@ def _public_recipe(recipe) -> dict:
     """The resolved recipe without this machine's paths (data files, probe, output folder, local base)."""
     public = recipe.to_dict()
     public["data"]["files"] = [Path(f).name for f in public["data"]["files"]]
+    public["data"]["generated"] = [Path(f).name for f in public["data"].get("generated", [])]
+    public["teacher"]["output"] = Path(public["teacher"]["output"]).name
+    if public["teacher"]["url"] and not public["teacher"]["url"].startswith(("http://", "https://")):
+        public["teacher"]["url"] = Path(public["teacher"]["url"]).name  # a local .gguf teacher
     if public["eval"].get("probe"):
         public["eval"]["probe"] = Path(public["eval"]["probe"]).name
     public["train"]["output_dir"] = "runs"
