@@ -218,9 +218,10 @@ def run_requests(teacher, requests: list[Request], cache: RequestCache, concurre
             bar.set_postfix_str(f"tokens {stats['tokens']}")
     bar.close()
     if failed:
+        done = (f"the {len(cache)} answered requests are cached in {cache.path}: run the same command again to finish"
+                if len(cache) else f"no request was answered: is the teacher running at {teacher.public_url}?")
         raise AfinarError(f"{len(failed)} of {len(requests)} teacher requests failed after {retries} retries "
-                          f"(last: {failed[-1]}); nothing was written. The {len(cache)} answered requests are "
-                          f"cached in {cache.path}: run the same command again to finish")
+                          f"(last: {failed[-1]}); nothing was written; {done}")
     return answers, stats
 
 
