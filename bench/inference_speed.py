@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/inference_speed.py                  # ~4 min: a quick run, its GGUFs, every contender
     .venv/bin/python bench/inference_speed.py --run runs/demo/tutor-algoritmos
+    .venv/bin/python bench/inference_speed.py --prompt-tokens 600   # a grounded-size prompt: time to first token
 
 The same trained run (embedded SmolLM2-135M + LoRA adapter) answers the same 100-token prompt
 (its system prompt and chat template included) with 128 new tokens, greedy, end of turn held back
@@ -41,11 +42,12 @@ PROBE = ROOT / "src" / "afinar" / "resources" / "demo" / "tutor_sondeo.jsonl"
 OUT = HERE / "results" / "inference_speed.json"
 PROMPT_TOKENS, NEW_TOKENS, REPEATS = 100, 128, 3
 TARGET_VS_TRANSFORMERS, TARGET_VS_LLAMACPP, TARGET_GUARD_MS = 3.0, 1.5, 50.0
+TARGET_DEFAULT_SHARE, TARGET_TTFT_S, LONG_PROMPT = 0.8, 0.5, 500  # issue 20: default engine vs llama.cpp; grounded TTFT
 CONTENDERS = (
     ("transformers-fp32", "transformers fp32 (the seeds' way)"),
     ("llamacpp-f16", "llama.cpp f16"),
     ("llamacpp-q8_0", "llama.cpp q8_0"),
-    ("afinar-torch", "afinar engine (torch, bf16)"),
+    ("afinar-torch", "afinar engine (torch)"),
     ("afinar-llamacpp", "afinar engine (llama.cpp f16)"),
 )
 QUESTION = ("Explícame paso a paso cómo funciona la búsqueda binaria sobre una lista ordenada, por qué su coste es "
@@ -55,12 +57,12 @@ QUESTION = ("Explícame paso a paso cómo funciona la búsqueda binaria sobre un
 
 
 def question_for(tokenizer, recipe, tokens: int = PROMPT_TOKENS) -> str:
-    """The longest prefix of QUESTION whose rendered prompt is at most `tokens` tokens."""
+    """The longest run of QUESTION's words (repeated as needed) whose rendered prompt is at most `tokens` tokens."""
     from afinar.chat_template import render_prompt, with_system
 
     words, best = QUESTION.split(), ""
-    for n in range(1, len(words) + 1):
-        text = " ".join(words[:n])
+    for n in range(1, 40 * len(words)):
+        text = " ".join(words[i % len(words)] for i in range(n))
         prompt = render_prompt(tokenizer, with_system([{"role": "user", "content": text}], recipe.system_prompt))
         if len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) > tokens:
             break
@@ -80,14 +82,14 @@ def _timed(call) -> tuple[float, float, int]:
     return first[0] if first else float("nan"), time.perf_counter() - began, n
 
 
-def worker(kind: str, run_dir: Path) -> dict:
+def worker(kind: str, run_dir: Path, prompt_tokens: int = PROMPT_TOKENS) -> dict:
     import torch
 
     from afinar.chat_template import render_prompt, with_system
     from afinar.models import read_run
 
     recipe, tokenizer, adapter = read_run(run_dir)
-    question = question_for(tokenizer, recipe)
+    question = question_for(tokenizer, recipe, prompt_tokens)
     messages = [{"role": "user", "content": question}]
     prompt = render_prompt(tokenizer, with_system(messages, recipe.system_prompt))
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -153,6 +155,7 @@ def worker(kind: str, run_dir: Path) -> dict:
                     reply = item
             if reply.refused:
                 raise SystemExit("the guard refused the benchmark's question; nothing was generated")
+            out["prompt_tokens"] = reply.prompt_tokens  # the records the engine grounds on included
             return reply.tokens
 
     _timed(call)  # warm-up: thread pools, caches, kernel selection
@@ -183,9 +186,9 @@ def guard_times(engine) -> dict:
 # driver
 
 
-def run_contender(kind: str, run_dir: Path, log_path: Path) -> dict | None:
-    proc, _, busy = run_worker([sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--run", str(run_dir)],
-                               log_path, kind, ROOT)
+def run_contender(kind: str, run_dir: Path, log_path: Path, prompt_tokens: int = PROMPT_TOKENS) -> dict | None:
+    proc, _, busy = run_worker([sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--run", str(run_dir),
+                                "--prompt-tokens", str(prompt_tokens)], log_path, kind, ROOT)
     if proc.returncode != 0:
         tail = "".join(log_path.read_text(encoding="utf-8").splitlines(keepends=True)[-15:])
         print(f"  {kind}: failed (exit {proc.returncode}); last lines of {log_path}:\n{tail}", flush=True)
@@ -203,11 +206,13 @@ def llama_cpp_available() -> bool:
 
 
 def markdown(rows: dict, guard: dict | None) -> str:
-    lines = ["| contender | new tokens/s | time to first token | decode tokens/s | new tokens |", "|---|---:|---:|---:|---:|"]
+    lines = ["| contender | prompt tokens | new tokens/s | time to first token | decode tokens/s | new tokens |",
+             "|---|---:|---:|---:|---:|---:|"]
     for kind, label in CONTENDERS:
         if kind in rows:
             r = rows[kind]
-            lines.append(f"| {label} | {r['tokens_per_s']:.1f} | {1000 * r['ttft_s']:.0f} ms | {r['decode_tokens_per_s']:.1f} | {r['new_tokens']} |")
+            lines.append(f"| {label} | {r['prompt_tokens']} | {r['tokens_per_s']:.1f} | {1000 * r['ttft_s']:.0f} ms | "
+                         f"{r['decode_tokens_per_s']:.1f} | {r['new_tokens']} |")
     lines.append("")
     lines += [f"- {text} ({measured}): {'met' if ok else 'NOT met'}." for text, measured, ok in verdicts(rows, guard)]
     return "\n".join(lines)
@@ -225,6 +230,19 @@ def verdicts(rows: dict, guard: dict | None) -> list[tuple[str, str, bool]]:
         ratio = rows["llamacpp-f16"]["tokens_per_s"] / ours["tokens_per_s"]
         out.append((f"afinar's engine within {TARGET_VS_LLAMACPP:g}x of llama.cpp f16", f"llama.cpp is {ratio:.2f}x afinar's speed",
                     ratio <= TARGET_VS_LLAMACPP))
+    if "llamacpp-f16" in rows:
+        lcpp = rows["llamacpp-f16"]["tokens_per_s"]
+        for kind, what in (("afinar-llamacpp", "chat's and ask's default engine (auto: llama.cpp, installed by `make demo`)"),
+                           ("afinar-torch", "the torch engine (auto's fallback without llama-cpp-python)")):
+            if kind in rows:
+                share = rows[kind]["tokens_per_s"] / lcpp
+                out.append((f"{what} >= {TARGET_DEFAULT_SHARE:g}x llama.cpp f16's tokens/s", f"{share:.2f}x",
+                            share >= TARGET_DEFAULT_SHARE))
+    for kind in ("afinar-llamacpp", "afinar-torch"):
+        r = rows.get(kind)
+        if r and r["prompt_tokens"] >= LONG_PROMPT:
+            out.append((f"{kind}: time to first token <= {TARGET_TTFT_S:g} s for a {r['prompt_tokens']}-token prompt",
+                        f"{r['ttft_s']:.2f} s", r["ttft_s"] <= TARGET_TTFT_S))
     if guard:
         out.append((f"the guard under {TARGET_GUARD_MS:.0f} ms per question",
                     f"p50 {guard['p50_ms']:.0f} ms, p95 {guard['p95_ms']:.0f} ms over {guard['questions']} questions",
@@ -235,13 +253,18 @@ def verdicts(rows: dict, guard: dict | None) -> list[tuple[str, str, bool]]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, help="a trained run (default: the demo recipe trained for two steps)")
+    p.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS,
+                   help="prompt length (system prompt and template included; the engine adds its records)")
+    p.add_argument("--out", type=Path, default=None, help="default: bench/results/inference_speed.json "
+                   "(inference_speed_<N>.json for another --prompt-tokens)")
     p.add_argument("--worker", choices=[k for k, _ in CONTENDERS], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         real = sys.stdout
         sys.stdout = sys.stderr  # stdout carries only the JSON
-        real.write(json.dumps(worker(args.worker, args.run)) + "\n")
+        real.write(json.dumps(worker(args.worker, args.run, args.prompt_tokens)) + "\n")
         return
+    out_path = args.out or (OUT if args.prompt_tokens == PROMPT_TOKENS else OUT.with_name(f"inference_speed_{args.prompt_tokens}.json"))
     began = time.perf_counter()
     run_dir = args.run or quick_demo_run()
     kinds = [k for k, _ in CONTENDERS if llama_cpp_available() or "llamacpp" not in k]
@@ -255,17 +278,17 @@ def main(argv=None) -> None:
         for qtype in ("f16", "q8_0"):
             ensure_gguf(run_dir, recipe, qtype, log=lambda *a: None)
     log_path = Path(tempfile.mkdtemp(prefix="afinar-inference-")) / "workers.log"
-    print(f"inference speed: {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, run {run_dir} (log {log_path})", flush=True)
-    rows = {k: r for k in kinds if (r := run_contender(k, Path(run_dir), log_path))}
+    print(f"inference speed: {args.prompt_tokens}-token prompt, {NEW_TOKENS} new tokens, run {run_dir} (log {log_path})", flush=True)
+    rows = {k: r for k in kinds if (r := run_contender(k, Path(run_dir), log_path, args.prompt_tokens))}
     guard = rows.get("afinar-torch", {}).get("guard_ms")
     report = {"command": ("python bench/inference_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip(),
-              "machine": machine_info(), "run": str(run_dir), "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS,
+              "machine": machine_info(), "run": str(run_dir), "prompt_tokens": args.prompt_tokens, "new_tokens": NEW_TOKENS,
               "results": rows, "guard": guard, "markdown": markdown(rows, guard),
               "targets": {"vs_transformers_fp32": TARGET_VS_TRANSFORMERS, "vs_llamacpp_f16": TARGET_VS_LLAMACPP,
                           "guard_ms": TARGET_GUARD_MS},
               "bench_seconds": round(time.perf_counter() - began, 1)}
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    out_path.parent.mkdir(exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(report["markdown"])
 
 

@@ -3,11 +3,15 @@
     python bench/recipes_embedded.py                    # every recipe in recipes/
     python bench/recipes_embedded.py banco_faq tutor_estricto
     python bench/recipes_embedded.py --eval-only tutor_estricto   # evaluate the existing run again
+    python bench/recipes_embedded.py historias_usuario --set grounding.mode=on --label "grounding on"
 
 For each recipe: `afinar train recipes/<name>.yaml --set base_model=embedded` (the seed's own
 settings otherwise, QLoRA included), then `afinar eval` on its held-out split and its probe.
 Each step runs as the CLI in its own process; the wall time, the eval figures and the commands
 are written to bench/results/recipes.json, and the table in docs/recipes.md is rewritten from it.
+With `--set KEY=VALUE` (recipe overrides, as for `afinar train`) and `--label`, the results go
+under "<recipe> [<label>]" and the run to runs/recipes/<label>/: the same recipe measured with
+and without a setting (docs/grounding.md: grounding per schema), the doc's table untouched.
 """
 
 from __future__ import annotations
@@ -25,18 +29,20 @@ WORK = ROOT / "runs" / "recipes"
 BEGIN, END = "<!-- recipes-table:begin -->", "<!-- recipes-table:end -->"
 
 
-def run_recipe(stem: str, previous: dict | None = None) -> dict:
+def run_recipe(stem: str, previous: dict | None = None, overrides: list[str] = (), label: str | None = None) -> dict:
     """Train (unless `previous` holds this recipe's training) and evaluate one recipe."""
     recipe = ROOT / "recipes" / f"{stem}.yaml"
+    work = WORK / label.replace(" ", "-") if label else WORK
     train = [sys.executable, "-m", "afinar.cli", "train", str(recipe.relative_to(ROOT)), "--set", "base_model=embedded",
-             "--set", f"train.output_dir={WORK.relative_to(ROOT)}", "--no-progress"]
+             "--set", f"train.output_dir={work.relative_to(ROOT)}", "--no-progress",
+             *[a for o in overrides for a in ("--set", o)]]
     start = time.time()
     if previous is None:
         subprocess.run(train, cwd=ROOT, check=True)
     train_s = time.time() - start if previous is None else previous["train_seconds"]
     from afinar.recipes import load_recipe
 
-    run_dir = WORK / load_recipe(recipe).name
+    run_dir = work / load_recipe(recipe).name
     evaluate = [sys.executable, "-m", "afinar.cli", "eval", str(run_dir.relative_to(ROOT)), "--no-progress"]
     start = time.time()
     subprocess.run(evaluate, cwd=ROOT, check=True)
@@ -48,7 +54,7 @@ def run_recipe(stem: str, previous: dict | None = None) -> dict:
             "best_eval_loss": summary.get("best_eval_loss"), "held_out": report["summary"].get("held_out", {}),
             "probe": report["summary"].get("probe", {}), "guard_mode": report["guard_mode"],
             "commands": [" ".join(["afinar", *train[3:]]), " ".join(["afinar", *evaluate[3:]])],
-            "date": time.strftime("%Y-%m-%d")}
+            "overrides": list(overrides), "date": time.strftime("%Y-%m-%d")}
 
 
 def table(results: dict) -> str:
@@ -69,20 +75,31 @@ def _pct(value) -> str:
 
 
 def main(argv: list[str]) -> None:
-    eval_only = "--eval-only" in argv
-    stems = [a for a in argv if a != "--eval-only"] or sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", nargs="*", help="recipe stems in recipes/ (default: every one)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate the existing runs again")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--label", default=None, help="store as '<recipe> [<label>]' (needed with --set)")
+    args = parser.parse_args(argv)
+    if args.overrides and not args.label:
+        parser.error("--set needs a --label: the recipe's own results stay as they are")
+    stems = args.recipes or sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     for stem in stems:
-        print(f"== {stem}", flush=True)
+        print(f"== {stem}" + (f" [{args.label}]" if args.label else ""), flush=True)
+        key = f"{stem} [{args.label}]" if args.label else stem
         results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # another run may have added some
-        results[stem] = run_recipe(stem, results.get(stem) if eval_only else None)
+        results[key] = run_recipe(stem, results.get(key) if args.eval_only else None, args.overrides, args.label)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    plain = {k: v for k, v in results.items() if "[" not in k}
     if DOC.exists() and BEGIN in DOC.read_text():
         text = DOC.read_text()
         head, rest = text.split(BEGIN, 1)
-        DOC.write_text(head + BEGIN + "\n" + table(results) + "\n" + END + rest.split(END, 1)[1])
-    print(table(results))
+        DOC.write_text(head + BEGIN + "\n" + table(plain) + "\n" + END + rest.split(END, 1)[1])
+    print(table(plain))
 
 
 if __name__ == "__main__":

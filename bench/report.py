@@ -204,7 +204,9 @@ def targets_section(train: dict | None, scaling: dict | None, inference: dict | 
 def _inference_verdicts(data: dict) -> list[tuple[str, str, bool]]:
     from inference_speed import verdicts  # bench/ is on the path: this file runs from it
 
-    return verdicts(data["results"], data.get("guard"))
+    long_prompt = _load("inference_speed_600.json")
+    ttft = [v for v in verdicts(long_prompt["results"], None) if "time to first token" in v[0]] if long_prompt else []
+    return verdicts(data["results"], data.get("guard")) + ttft
 
 
 def grounding_section(data: dict | None) -> list[str]:
@@ -245,6 +247,8 @@ def main() -> None:
     parts += scaling_section(scaling)
     parts += packing_section(_load("packing.json"))
     parts += inference_section(inference)
+    long_prompt = _load("inference_speed_600.json")
+    parts += inference_section(long_prompt)[2:] if long_prompt else []  # the same table, a grounded-size prompt
     parts += guard_section(_load("guard.json"))
     parts += teacher_section(_load("guard_template_heldout.json"), _load("guard_generated.json"))
     parts += grounding_section(_load("grounding.json"))

@@ -191,3 +191,28 @@ def test_qlora_run_is_merged_into_the_dequantised_base(tmp_path, wide_model_dir)
     assert all(w.dtype == torch.float32 for w in weights.values())  # no 4-bit packed tensors
     assert not any("quant" in k or "absmax" in k for k in weights)
     assert "quantization_config" not in json.loads((result.path / "config.json").read_text())
+
+
+def test_a_llama_cpp_that_crashes_reading_the_gguf_back_is_a_check_line_not_a_crash(tmp_path, monkeypatch):
+    """llama.cpp runs in a child process: its segfault (AMX kernels, q8_0) is reported, export goes on."""
+    import importlib.util
+    import subprocess
+
+    from conftest import build_tiny_model
+
+    from afinar.export import gguf_file
+
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(len(tokenizer)).eval()
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "llama_cpp" else real_find(name, *a))
+    jobs = []
+
+    def crashed(argv, input, **kw):
+        jobs.append(json.loads(input))
+        return subprocess.CompletedProcess(argv, -11, "", "Segmentation fault")
+
+    monkeypatch.setattr(subprocess, "run", crashed)
+    line = gguf_file.verify_with_llama_cpp(tmp_path / "m.gguf", model, tokenizer, ["una pila"], "Sé breve.", tokens=4)
+    assert "crashed reading the file back (signal 11)" in line and "issue 20824" in line
+    assert jobs[0]["gguf"].endswith("m.gguf") and jobs[0]["prompts"][0]["ids"]  # the child gets the rendered prompt

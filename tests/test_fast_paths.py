@@ -144,7 +144,7 @@ def test_llamacpp_generator_holds_back_the_end_and_honours_cancel():
 
 
 def test_engine_names_its_backends(runs):  # noqa: F811
-    with pytest.raises(AfinarError, match="engine 'onnx': choose one of torch, llamacpp"):
+    with pytest.raises(AfinarError, match="engine 'onnx': choose one of auto, torch, llamacpp"):
         Engine([runs[0]], backend="onnx")
 
 
@@ -156,6 +156,38 @@ def test_llamacpp_engine_explains_a_missing_llama_cpp(runs, monkeypatch):  # noq
                         if name == "llama_cpp" else real(name, *a, **k))
     with pytest.raises(AfinarError, match="needs llama-cpp-python: pip install llama-cpp-python"):
         Engine([runs[0]], backend="llamacpp", mode="off")
+
+
+def test_auto_engine_is_torch_without_llama_cpp_and_says_how_to_get_it(runs, monkeypatch):  # noqa: F811
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "llama_cpp" else real(name, *a, **k))
+    notes = []
+    engine = Engine([runs[0]], mode="off", backend="auto", log=notes.append)  # chat's and ask's default
+    assert engine.backend == "torch" and engine.model is not None
+    assert any("pip install llama-cpp-python" in n for n in notes)
+
+
+def test_auto_engine_falls_back_to_torch_where_llama_cpp_cannot_run_the_run(runs, monkeypatch):  # noqa: F811
+    import sys
+    import types
+
+    import afinar.assistant.llamacpp as llamacpp
+
+    def no_gguf(*a, **k):
+        raise AfinarError("this architecture has no GGUF converter")
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.ModuleType("llama_cpp"))
+    monkeypatch.setattr(llamacpp, "LlamaCppGenerator", no_gguf)
+    notes = []
+    engine = Engine([runs[0]], mode="off", backend="auto", log=notes.append)
+    assert engine.backend == "torch" and not engine._llama and len(engine.names) == 1
+    assert any("no GGUF converter" in n for n in notes)
+    assert engine.reply([{"role": "user", "content": "¿Qué es una pila?"}], max_new_tokens=4).tokens > 0
+    with pytest.raises(AfinarError, match="no GGUF converter"):  # asked for by name: no silent fallback
+        Engine([runs[0]], mode="off", backend="llamacpp", log=notes.append)
 
 
 def test_torch_engine_holds_back_the_end_of_turn(runs):  # noqa: F811
@@ -240,3 +272,75 @@ def test_greedy_generation_drops_ended_rows_and_gives_generates_tokens(tiny_mode
     ref = [row[: row.index(eos)] if eos in row else row for row in ref]
     assert ours == ref
     assert len({len(row) for row in ours}) > 1  # rows did end at different steps
+
+
+def test_batcher_merges_a_lone_adapter_and_unmerges_it_for_a_second(tiny_tokenizer):
+    """One adapter on a float base is merged into the weights (no LoRA matmuls per token) and
+    answers exactly as unmerged; a second adapter takes it out again, and each batch uses its own."""
+    from peft import LoraConfig, get_peft_model
+
+    from afinar.assistant.batcher import DONE, Batcher, Request
+
+    def lora(seed):
+        torch.manual_seed(seed)
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False)
+
+    base = build_tiny_model(len(tiny_tokenizer), seed=3)
+    model = get_peft_model(base, lora(1)).eval()  # adapter "default", random B: it changes the answers
+    settings = {"max_new_tokens": 12, "do_sample": False, "temperature": None, "top_p": None, "repetition_penalty": 1.0,
+                "eos_token_id": -1, "pad_token_id": 0, "use_cache": True}
+    prompt = "una pila es"
+
+    def tokens(adapter="default"):
+        r = batcher.submit(Request(adapter, tiny_tokenizer, prompt, settings))
+        while r.out.get() is not DONE:
+            pass
+        assert r.error is None
+
+    ids = torch.tensor([tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        unmerged = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **settings)[0, ids.shape[1]:].tolist()
+        with model.disable_adapter():
+            plain = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **settings)[0, ids.shape[1]:].tolist()
+    assert unmerged != plain  # the adapter matters, so a merge that lost it would show
+
+    batcher = Batcher(model)
+    seen = []
+    original = model.generate
+
+    def spy(**kw):
+        out = original(**kw)
+        seen.append(out[0, kw["input_ids"].shape[1]:].tolist())
+        return out
+
+    model.generate = spy
+    tokens()
+    assert batcher._merged and seen[-1] == unmerged
+    batcher.unmerge()  # what Engine._load_more does before loading a second adapter
+    model.add_adapter("otra", lora(2))
+    tokens("otra")
+    assert not batcher._merged and seen[-1] != unmerged
+    tokens("default")
+    assert not batcher._merged and seen[-1] == unmerged
+
+
+def test_eval_answers_with_the_adapter_merged_on_fp32_and_restores_the_base(tiny_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    from afinar.evaluation.contestants import LocalModel
+    from afinar.models import mergeable_base
+
+    torch.manual_seed(1)
+    model = get_peft_model(build_tiny_model(len(tiny_tokenizer), seed=4),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    ids = torch.tensor([tiny_tokenizer("una cola es", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with LocalModel("tuned", "tuned", model, tiny_tokenizer, None, "default").active():
+            assert any(getattr(m, "merged", False) for m in model.modules())
+            merged = model(input_ids=ids).logits
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    assert not any(getattr(m, "merged", False) for m in model.modules())
+    assert all(torch.allclose(p, before[n], atol=1e-6) for n, p in model.named_parameters())
+    assert not mergeable_base(model.to(torch.bfloat16))  # bf16 rounding would change answers: never merged

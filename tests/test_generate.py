@@ -250,6 +250,18 @@ def test_data_check_reports_bad_generated_lines_by_line(tmp_path):
     assert [i.kind for i in items] == ["out_of_domain"]  # with no records, every paraphrase names an unknown one
 
 
+def test_data_check_of_the_recipes_data_checks_its_generated_files_too(tmp_path):
+    recipe_for(tmp_path, "http://127.0.0.1:9/v1")
+    generated_file(tmp_path, [{"kind": "paraphrase", "question": "q onda el wifi", "record": "¿Hay internet?"}])
+    text = (tmp_path / "r.yaml").read_text().replace("  files: [faq.csv]\n", "  files: [faq.csv]\n  min_examples: 4\n  generated: [gen.jsonl]\n")
+    write(tmp_path / "r.yaml", text)
+    result = CliRunner().invoke(main, ["data", "check", str(tmp_path / "faq.csv"), "--recipe", str(tmp_path / "r.yaml"),
+                                       "--no-tokens"])
+    assert result.exit_code == 1, result.output  # the FAQ is fine; the generated file names no record
+    assert "OK: the data is usable" in result.output and "the recipe's data.generated: gen.jsonl" in result.output
+    assert "gen.jsonl:1: error: no record asks '¿Hay internet?'" in result.output
+
+
 def test_generated_data_trains_joins_the_index_and_calibrates_the_guard(tmp_path, endpoint, monkeypatch):
     from afinar.data.prepare import prepare_data
     from afinar.index.store import build_run_guard

@@ -66,8 +66,11 @@ def test_training_contexts_put_the_gold_record_among_distractors_and_some_withou
     multi = [c for c, g in zip(contexts, gold) if len(c.records) > 1 and g in c.records]
     firsts = sum(c.records[0] == g for c, g in zip(contexts, gold) if len(c.records) > 1 and g in c.records)
     assert 0.4 < firsts / len(multi) < 0.95  # mostly first, as the ranking puts it, not always
-    refusal_example = training_contexts(_FakeGuard(records), ["tema1 algo"], [None], 3, 0.1, "No sé.", 0)[0]
+    refusal_example = training_contexts(_FakeGuard(records), ["tema1 algo"], [None], 3, 0.1, "No sé.", 0,
+                                        negatives_with_records=True)[0]
     assert refusal_example.answer is None and refusal_example.records  # its own retrieved records
+    bare = training_contexts(_FakeGuard(records), ["tema1 algo"], [None], 3, 0.1, "No sé.", 0)[0]
+    assert bare.answer is None and bare.records == []  # the default: the refusal without any record
 
 
 def test_no_held_out_answer_reaches_a_training_prompt(tmp_path):

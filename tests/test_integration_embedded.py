@@ -46,7 +46,7 @@ def test_embedded_ask_cli_refuses_out_of_domain_and_answers_in_domain(tmp_path, 
     out = CliRunner().invoke(main, ["ask", str(result.run_dir), "--json", "--max-new-tokens", "16"],
                              input="¿Quién ganó el mundial de fútbol de 2010?\n¿Qué es una pila y cuándo se usa?\n")
     assert out.exit_code == 0, out.output
-    ood, inside = [json.loads(line) for line in out.output.splitlines()]
+    ood, inside = [json.loads(line) for line in out.stdout.splitlines()]  # notes go to stderr
     assert ood["refused"] is True and ood["answer"].startswith("Lo siento")
     assert inside["refused"] is False and inside["answer"] and inside["mode"] == "refuse"
 

@@ -24,7 +24,7 @@ def runs(tmp_path_factory, tiny_model_dir):
 def ask(*args, input=None):
     result = CliRunner().invoke(main, ["ask", *map(str, args)], input=input)
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout  # the engine's notes (which engine, a GGUF exported once) go to stderr
 
 
 def test_ask_json_shape(runs):

@@ -10,6 +10,10 @@ as one left-padded batch cuts their wait several times. The batcher runs one wor
   3. each row stops on its own: end of turn, its own `max_new_tokens`, or its client's cancel
      event (a client that went away); requests that arrive meanwhile form the next batch.
 With one client this is exactly the one-at-a-time generation it replaces.
+While a single adapter is loaded on an fp32 base (CPUs without bf16) it is merged into the base
+weights (`_use`): its LoRA matmuls then cost nothing per token (docs/speed.md); a second adapter
+(the studio, `serve` with several runs) unmerges it, and every batch sets its own. bf16 and
+4-bit (QLoRA) bases are never merged: the rounding would change the answers (`mergeable_base`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import threading
 from dataclasses import dataclass, field
 
 import torch
+
+from afinar.models import mergeable_base
 
 DONE = object()  # the end of a request's stream
 IDLE_SECONDS = 10.0  # the worker thread ends after this long without requests
@@ -55,6 +61,7 @@ class Batcher:
         self._waiting: list[Request] = []
         self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
+        self._merged = False
 
     def submit(self, request: Request) -> Request:
         with self._cv:
@@ -97,9 +104,26 @@ class Batcher:
         rows = _Rows(batch, tokenizer, width)
         settings = {**batch[0].settings, "max_new_tokens": max(r.settings["max_new_tokens"] for r in batch)}
         with self.lock:
-            self.model.set_adapter(batch[0].adapter)
+            self._use(batch[0].adapter)
             self.model.generate(**inputs.to(self.model.device), **settings, streamer=rows,
                                 stopping_criteria=[rows.criterion])
+
+    def _use(self, adapter: str) -> None:
+        """Make `adapter` the active one: merged while it is the only one on an fp32 base (the lock is held)."""
+        if len(self.model.peft_config) == 1:
+            if not self._merged and mergeable_base(self.model):
+                self.model.base_model.merge_adapter()
+                self._merged = True
+            if self._merged:
+                return
+        self.unmerge()
+        self.model.set_adapter(adapter)
+
+    def unmerge(self) -> None:
+        """Take a merged adapter out of the base weights again (before another adapter loads)."""
+        if self._merged:
+            self.model.base_model.unmerge_adapter()
+            self._merged = False
 
 
 class _Rows:

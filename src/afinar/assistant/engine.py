@@ -19,6 +19,9 @@ Generation is greedy by default, uses the KV cache and stops at the template's e
 concurrent replies (the API's clients) are generated in one batch by `batcher.Batcher`. With
 `backend="llamacpp"` llama.cpp generates instead, over each run's GGUF (`llamacpp.py`): fastest
 for one reply at a time on a CPU; the guard, template and decoding settings stay the same.
+`backend="auto"` (chat's and ask's default) takes llama.cpp where llama-cpp-python is installed
+(`make demo` builds it) and the run's GGUF can be written, the torch engine otherwise, and says
+which (`resolve_backend`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from afinar.errors import AfinarError
 
 
-BACKENDS = ("torch", "llamacpp")
+BACKENDS = ("auto", "torch", "llamacpp")
 
 
 @dataclass
@@ -82,12 +85,22 @@ class Engine:
             raise AfinarError("name at least one run folder (runs/<name>)")
         if backend not in BACKENDS:
             raise AfinarError(f"engine {backend!r}: choose one of {', '.join(BACKENDS)}")
-        self.backend, self._log = backend, log
+        self.backend, self._log = resolve_backend(backend, log), log
         self.personas: dict[str, _Persona] = {}
         self._adapter_names: dict[str, str] = {}  # persona -> peft adapter name
         self._llama: dict[str, object] = {}  # persona -> LlamaCppGenerator
         self.lock = threading.Lock()  # held while adapters are added
-        if backend == "torch":
+        self.model, self._batcher = None, None
+        if self.backend == "llamacpp":
+            recipe, tokenizer, _ = read_run(run_dirs[0])
+            try:
+                self._add(Path(run_dirs[0]), recipe, tokenizer, mode, adapter_name="default")
+            except Exception as exc:  # no GGUF for this base (an architecture llama.cpp lacks), a failed load: torch
+                if backend != "auto":
+                    raise
+                log(f"engine: torch, as llama.cpp cannot run {run_dirs[0]}: {exc}")
+                self.backend, self.personas, self._llama = "torch", {}, {}
+        if self.backend == "torch":
             from afinar.assistant.batcher import Batcher
 
             first = load_run(run_dirs[0])
@@ -95,10 +108,6 @@ class Engine:
             self._batcher = Batcher(self.model, max_batch)
             self.lock = self._batcher.lock  # ... and while the model generates
             self._add(first.run_dir, first.recipe, first.tokenizer, mode, adapter_name="default")
-        else:
-            self.model, self._batcher = None, None
-            recipe, tokenizer, _ = read_run(run_dirs[0])
-            self._add(Path(run_dirs[0]), recipe, tokenizer, mode, adapter_name="default")
         for run_dir in run_dirs[1:]:
             self._load_more(Path(run_dir), mode)
         self.current = next(iter(self.personas))
@@ -135,6 +144,7 @@ class Engine:
             raise AfinarError(f"{run_dir}: trained on {recipe.base_model!r}, but the loaded base is {base!r}; "
                               "adapters served together must share one base model")
         if self.model is not None:
+            self._batcher.unmerge()
             self.model.load_adapter(str(adapter), adapter_name=recipe.name)
         self._add(run_dir, recipe, tokenizer, mode, adapter_name=recipe.name)
 
@@ -286,6 +296,21 @@ class Engine:
         if request.error is not None:
             raise request.error
         counts.update(prompt=request.prompt_tokens, new=request.new_tokens, truncated=request.truncated)
+
+
+def resolve_backend(backend: str, log=print) -> str:
+    """'auto' -> 'llamacpp' where llama-cpp-python imports, else 'torch' (with a note saying how
+    much faster one reply at a time would be, and how to get it); other names unchanged."""
+    if backend != "auto":
+        return backend
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        from afinar.assistant.llamacpp import INSTALL_HINT
+
+        log(f"engine: torch (llama.cpp answers 2-3x faster one reply at a time on a CPU: {INSTALL_HINT})")
+        return "torch"
+    return "llamacpp"
 
 
 def _off_thread(fn, *args, **kwargs):

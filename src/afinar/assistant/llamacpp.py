@@ -23,7 +23,37 @@ from pathlib import Path
 
 from afinar.errors import AfinarError
 
-INSTALL_HINT = "pip install llama-cpp-python (it builds llama.cpp from source: a C++ compiler and ~5 minutes)"
+INSTALL_HINT = "pip install llama-cpp-python (it builds llama.cpp from source: a C++ compiler and 5-10 minutes)"
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has Intel AMX (its llama.cpp kernels for quantized weights crash: below)."""
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def plain_cpu_buffers() -> None:
+    """Make llama.cpp load weights into its plain CPU buffers, without its "extra buffer types"
+    (AMX and repacked kernels), for the rest of this process. Why: on an Intel Xeon with AMX
+    here, llama.cpp segfaults in its AMX kernels on quantized files (q8_0, the embedded Q4_1;
+    llama.cpp issue 20824), f16 runs. llama-cpp-python has no argument for it, so its defaults
+    function is wrapped (a no-op where the field does not exist)."""
+    import llama_cpp.llama as wrapper
+
+    defaults = wrapper.llama_cpp.llama_model_default_params
+    if getattr(defaults, "afinar_plain", False):
+        return
+
+    def params():
+        p = defaults()
+        if hasattr(p, "use_extra_bufts"):
+            p.use_extra_bufts = False
+        return p
+
+    params.afinar_plain = True
+    wrapper.llama_cpp.llama_model_default_params = params
 
 
 def ensure_gguf(run_dir: Path, recipe, qtype: str = "f16", log=print) -> Path:

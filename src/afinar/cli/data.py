@@ -53,6 +53,11 @@ def data_check(paths, recipe_path, schema, mapping, model, max_seq_len, no_token
         for line in report.summary_lines():
             click.echo(line)
         click.secho("OK: the data is usable" if report.ok else "FAILED: fix the errors above", fg="green" if report.ok else "red", bold=True)
+    listed = [Path(f) for f in recipe.data.generated] if recipe and not as_json else []
+    if listed:  # the recipe's teacher-written files are part of its data: checked too
+        click.echo(f"\nthe recipe's data.generated: {', '.join(p.name for p in listed)}")
+        generated_ok = _check_generated(listed, recipe, as_json) == 0
+        sys.exit(0 if report.ok and generated_ok else 1)
     sys.exit(0 if report.ok else 1)
 
 

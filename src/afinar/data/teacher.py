@@ -149,6 +149,10 @@ def _load_llama(path: str, n_ctx: int):
                            "(or give the URL of a server that runs it)") from None
     if not Path(path).is_file():
         raise TeacherError(f"no such GGUF file: {path}")
+    from afinar.assistant.llamacpp import cpu_has_amx, plain_cpu_buffers
+
+    if cpu_has_amx():  # a teacher's GGUF is usually quantized: llama.cpp's AMX kernels crash on it
+        plain_cpu_buffers()
     return Llama(model_path=path, n_ctx=n_ctx, verbose=False)
 
 

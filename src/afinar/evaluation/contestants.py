@@ -44,9 +44,18 @@ class LocalModel:
         if self.adapter is None:
             with self.model.disable_adapter():
                 yield
-        else:
+        else:  # merged into an fp32 base while it answers: no LoRA matmuls per token
+            from afinar.models import mergeable_base
+
             self.model.set_adapter(self.adapter)
-            yield
+            merge = mergeable_base(self.model)
+            if merge:
+                self.model.base_model.merge_adapter([self.adapter])
+            try:
+                yield
+            finally:
+                if merge:
+                    self.model.base_model.unmerge_adapter()
 
     def answers(self, items: list[EvalItem], max_new_tokens: int, batch_size: int, bar=None) -> list[str]:
         """Greedy replies to every item, in the items' order (the recipe's repetition penalty, but

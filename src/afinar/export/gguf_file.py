@@ -217,24 +217,64 @@ def verify_gguf(gguf_file: Path, merged, tokenizer, prompts: list[str], system_p
 
 def verify_with_llama_cpp(gguf_file: Path, merged, tokenizer, prompts: list[str], system_prompt: str, tokens: int = 16) -> str | None:
     """Greedy text of llama.cpp (llama-cpp-python, when installed) against the merged model's;
-    None when llama-cpp-python is not installed (it builds from source, ~5 min here)."""
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
+    None when llama-cpp-python is not installed (it builds from source, ~5 min here).
+
+    llama.cpp runs in a child process, on its plain CPU kernels: some builds crash on some CPUs
+    (seen here: a segfault in its AMX kernels decoding q8_0 on an Intel Xeon with AMX, llama.cpp
+    issue 20824), and a crash must become a line in the export's checks, not the end of
+    `afinar export`."""
+    import importlib.util
+    import subprocess
+    import sys
+
     import torch
 
     from afinar.chat_template import render_prompt, with_system
 
-    llm = Llama(model_path=str(gguf_file), n_ctx=1024, verbose=False)
-    equal = 0
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    rendered, ours = [], []
     for text in prompts:
         prompt = render_prompt(tokenizer, with_system([{"role": "user", "content": text}], system_prompt))
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        if llm.tokenize(prompt.encode(), add_bos=False, special=True) != ids[0].tolist():
-            return "llama.cpp splits the prompt differently from the model's tokenizer"
         with torch.no_grad():
-            ours = merged.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        theirs = llm.create_completion(prompt, max_tokens=tokens, temperature=0.0, top_k=1, repeat_penalty=1.0)["choices"][0]["text"]
-        equal += int(tokenizer.decode(ours[0, ids.shape[1]:], skip_special_tokens=True) == theirs)
+            out = merged.generate(ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        rendered.append({"prompt": prompt, "ids": ids[0].tolist()})
+        ours.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+    job = json.dumps({"gguf": str(gguf_file), "prompts": rendered, "tokens": tokens})
+    try:
+        proc = subprocess.run([sys.executable, "-c", "from afinar.export.gguf_file import _llama_cpp_child; _llama_cpp_child()"],
+                              input=job, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return "llama.cpp did not read the file back within 10 minutes (not checked with llama.cpp)"
+    if proc.returncode != 0:
+        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+        return (f"llama-cpp-python crashed reading the file back ({how}): the file is written and passed the checks "
+                "above; this llama.cpp build fails on this CPU (for q8_0 on CPUs with AMX see llama.cpp issue 20824), "
+                "so try the file in the runtime you will use (Ollama, llama.cpp) before relying on it")
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    if theirs["split"]:
+        return "llama.cpp splits the prompt differently from the model's tokenizer"
+    equal = sum(a == b for a, b in zip(ours, theirs["texts"]))
     return f"read back with llama.cpp: same tokens, greedy text equal to the merged model's on {equal}/{len(prompts)} prompts"
+
+
+def _llama_cpp_child() -> None:
+    """The child process of `verify_with_llama_cpp`: a job as JSON on stdin, texts as JSON on stdout."""
+    import sys
+
+    from llama_cpp import Llama
+
+    from afinar.assistant.llamacpp import plain_cpu_buffers
+
+    job = json.loads(sys.stdin.read())
+    plain_cpu_buffers()  # a check of the file, not of llama.cpp's fastest kernels
+    llm = Llama(model_path=job["gguf"], n_ctx=1024, verbose=False)
+    texts, split = [], False
+    for p in job["prompts"]:
+        if llm.tokenize(p["prompt"].encode(), add_bos=False, special=True) != p["ids"]:
+            split = True
+            break
+        texts.append(llm.create_completion(p["prompt"], max_tokens=job["tokens"], temperature=0.0, top_k=1,
+                                           repeat_penalty=1.0)["choices"][0]["text"])
+    print(json.dumps({"texts": texts, "split": split}))

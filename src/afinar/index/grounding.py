@@ -18,7 +18,11 @@ that users' paraphrases meet are sampled instead, at the rates measured above: o
 (SINGLE_SHARE), or 2..k records with the right one first (GOLD_FIRST_SHARE) or further down.
 A `distractor_only` share (off by default: docs/grounding.md) gets only other records and is
 taught the refusal: the records do not answer this question (the near-miss case). Refusal
-examples get their own retrieved records.
+examples (data.negatives: out-of-domain questions) get no records by default
+(`negatives_with_records`): given the records their question retrieves, they teach "a question
+worded unlike its records -> refuse", and a run trained on teacher-written paraphrases then
+refused 44% of users' in-domain questions with the right record in the prompt (buses FAQ; 6%
+without records; on template paraphrases the two measured alike: docs/grounding.md).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class TrainingContext:
 
 
 def training_contexts(guard, questions: list[str], gold: list[int | None], k: int, distractor_only: float,
-                      refusal: str, seed: int) -> list[TrainingContext]:
+                      refusal: str, seed: int, negatives_with_records: bool = False) -> list[TrainingContext]:
     """One context per training question; `gold[i]` is the index of the record that answers
     question i (None for refusal examples). See the module docstring for the layouts."""
     rng = random.Random(seed)
@@ -60,8 +64,9 @@ def training_contexts(guard, questions: list[str], gold: list[int | None], k: in
     out = []
     for row, g in zip(rows, gold):
         ranked = [int(i) for i in np.argsort(-row, kind="stable")]
-        if g is None:  # a refusal example: the records its question retrieves, taught to refuse anyway
-            out.append(TrainingContext(ranked[:_how_many(rng, k)]))
+        if g is None:  # a refusal example: no records (or those its question retrieves), taught to refuse
+            n = _how_many(rng, k)
+            out.append(TrainingContext(ranked[:n] if negatives_with_records else []))
             continue
         others = [i for i in ranked if i != g]
         n = _how_many(rng, k)

@@ -69,13 +69,14 @@ def grounded_conversations(recipe: Recipe, train_ex, eval_ex, log=print) -> tupl
     index_of = {answer_key(r.answer): i for i, r in enumerate(records)}
     gold = [None if ex.kind == "negative" else index_of.get(answer_key(ex.last_answer())) for ex in train_ex]
     contexts = training_contexts(DomainGuard(records, embedder), [ex.first_user() for ex in train_ex], gold, g.k,
-                                 g.distractor_only, recipe.refusal, recipe.data.seed)
+                                 g.distractor_only, recipe.refusal, recipe.data.seed, g.negatives_with_records)
     rng = random.Random(recipe.data.seed)
     train = [with_context(_typed(_answered(ex.messages, c.answer), rng), recipe.system_prompt, pairs(records, c.records))
              for ex, c in zip(train_ex, contexts)]
     served = records_from_examples(train_ex + eval_ex, recipe.refusal)
     rows = DomainGuard(served, embedder).matrix([ex.first_user() for ex in eval_ex]) if eval_ex else []
-    held = [with_context(ex.messages, recipe.system_prompt, pairs(served, select(row, g.k, g.margin)))
+    bare = lambda ex: ex.kind == "negative" and not g.negatives_with_records  # laid out as in training
+    held = [with_context(ex.messages, recipe.system_prompt, None if bare(ex) else pairs(served, select(row, g.k, g.margin)))
             for ex, row in zip(eval_ex, rows)]
     sizes = [len(c.records) for c in contexts]
     log(f"grounding: each question trained with the records its ranking gives ({min(sizes, default=0)}-"
