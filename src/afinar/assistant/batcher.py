@@ -62,6 +62,7 @@ class Batcher:
         self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
         self._merged = False
+        self._mergeable = mergeable_base(model)  # the base's dtype never changes; adapters come and go
 
     def submit(self, request: Request) -> Request:
         with self._cv:
@@ -111,7 +112,7 @@ class Batcher:
     def _use(self, adapter: str) -> None:
         """Make `adapter` the active one: merged while it is the only one on an fp32 base (the lock is held)."""
         if len(self.model.peft_config) == 1:
-            if not self._merged and mergeable_base(self.model):
+            if not self._merged and self._mergeable:
                 self.model.base_model.merge_adapter()
                 self._merged = True
             if self._merged:

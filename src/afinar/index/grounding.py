@@ -65,7 +65,7 @@ def training_contexts(guard, questions: list[str], gold: list[int | None], k: in
     for row, g in zip(rows, gold):
         ranked = [int(i) for i in np.argsort(-row, kind="stable")]
         if g is None:  # a refusal example: no records (or those its question retrieves), taught to refuse
-            n = _how_many(rng, k)
+            n = _how_many(rng, k)  # drawn either way: the other examples' layouts stay as they were
             out.append(TrainingContext(ranked[:n] if negatives_with_records else []))
             continue
         others = [i for i in ranked if i != g]
