@@ -260,6 +260,11 @@ def test_data_check_of_the_recipes_data_checks_its_generated_files_too(tmp_path)
     assert result.exit_code == 1, result.output  # the FAQ is fine; the generated file names no record
     assert "OK: the data is usable" in result.output and "the recipe's data.generated: gen.jsonl" in result.output
     assert "gen.jsonl:1: error: no record asks '¿Hay internet?'" in result.output
+    as_json = CliRunner().invoke(main, ["data", "check", str(tmp_path / "faq.csv"), "--recipe", str(tmp_path / "r.yaml"),
+                                        "--no-tokens", "--json"])
+    report = json.loads(as_json.stdout)
+    assert as_json.exit_code == 1 and report["ok"] is True and report["generated"]["ok"] is False
+    assert "no record asks '¿Hay internet?'" in json.dumps(report["generated"]["issues"], ensure_ascii=False)
 
 
 def test_generated_data_trains_joins_the_index_and_calibrates_the_guard(tmp_path, endpoint, monkeypatch):

@@ -45,40 +45,53 @@ def data_check(paths, recipe_path, schema, mapping, model, max_seq_len, no_token
         system_prompt=recipe.system_prompt if recipe else None,
         max_seq_len=max_seq_len or defaults.train.max_seq_len, min_examples=defaults.data.min_examples,
     )
+    listed = [Path(f) for f in recipe.data.generated] if recipe else []  # the recipe's teacher-written files: checked too
     if as_json:
-        click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
-    else:
-        for issue in report.issues:
-            click.secho(str(issue), fg="red" if issue.severity == "error" else "yellow")
-        for line in report.summary_lines():
-            click.echo(line)
-        click.secho("OK: the data is usable" if report.ok else "FAILED: fix the errors above", fg="green" if report.ok else "red", bold=True)
-    listed = [Path(f) for f in recipe.data.generated] if recipe and not as_json else []
-    if listed:  # the recipe's teacher-written files are part of its data: checked too
+        out = report.to_dict()
+        if listed:
+            out["generated"] = _generated_dict(*_generated_findings(listed, recipe))
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        sys.exit(0 if report.ok and out.get("generated", {}).get("ok", True) else 1)
+    for issue in report.issues:
+        click.secho(str(issue), fg="red" if issue.severity == "error" else "yellow")
+    for line in report.summary_lines():
+        click.echo(line)
+    click.secho("OK: the data is usable" if report.ok else "FAILED: fix the errors above", fg="green" if report.ok else "red", bold=True)
+    if listed:
         click.echo(f"\nthe recipe's data.generated: {', '.join(p.name for p in listed)}")
         generated_ok = _check_generated(listed, recipe, as_json) == 0
         sys.exit(0 if report.ok and generated_ok else 1)
     sys.exit(0 if report.ok else 1)
 
 
-def _check_generated(paths: list[Path], recipe, as_json: bool) -> int:
-    """`data check` of files written by `afinar data generate`, against the recipe's records when given."""
+def _generated_findings(paths: list[Path], recipe) -> tuple[list, list]:
+    """(usable items, issues) of files written by `afinar data generate`, against the recipe's records when given."""
     from afinar.data import check_data
-    from afinar.data.generated import check_generated, read_generated, summary
+    from afinar.data.generated import check_generated, read_generated
 
     if recipe is not None:
         d = recipe.data
         examples = check_data(d.files, schema=d.schema_, columns=d.columns, min_examples=1).examples
-        items, issues = check_generated(paths, examples)
-    else:  # the format only: which records they name is checked with --recipe
-        items, issues = [], []
-        for path in paths:
-            found, problems = read_generated(path)
-            items, issues = items + found, issues + problems
+        return check_generated(paths, examples)
+    items, issues = [], []  # the format only: which records they name is checked with --recipe
+    for path in paths:
+        found, problems = read_generated(path)
+        items, issues = items + found, issues + problems
+    return items, issues
+
+
+def _generated_dict(items: list, issues: list) -> dict:
+    return {"ok": not any(i.severity == "error" for i in issues), "usable": len(items), "issues": [i.to_dict() for i in issues]}
+
+
+def _check_generated(paths: list[Path], recipe, as_json: bool) -> int:
+    """`data check` of files written by `afinar data generate`: printed, and 1 when there are errors."""
+    from afinar.data.generated import summary
+
+    items, issues = _generated_findings(paths, recipe)
     errors = [i for i in issues if i.severity == "error"]
     if as_json:
-        click.echo(json.dumps({"ok": not errors, "usable": len(items), "issues": [i.to_dict() for i in issues]},
-                              ensure_ascii=False, indent=2))
+        click.echo(json.dumps(_generated_dict(items, issues), ensure_ascii=False, indent=2))
         return 1 if errors else 0
     for issue in issues:
         click.secho(str(issue), fg="red" if issue.severity == "error" else "yellow")
