@@ -74,6 +74,25 @@ def question_for(tokenizer, recipe, tokens: int = PROMPT_TOKENS) -> str:
 # workers (each in its own process)
 
 
+def _fit_with_records(engine, tokenizer, recipe, tokens: int) -> str:
+    """A question whose prompt as the engine renders it, with the records it grounds on, is about
+    `tokens` long (the records take 150-250 tokens and depend on the question: fitted twice)."""
+    question = question_for(tokenizer, recipe, tokens)
+    for _ in range(2):
+        reply = list(engine.stream([{"role": "user", "content": question}], max_new_tokens=1))[-1]
+        if reply.refused:
+            return question
+        own = len(tokenizer(render_question(tokenizer, recipe, question), add_special_tokens=False)["input_ids"])
+        question = question_for(tokenizer, recipe, tokens - (reply.prompt_tokens - own))
+    return question
+
+
+def render_question(tokenizer, recipe, question: str) -> str:
+    from afinar.chat_template import render_prompt, with_system
+
+    return render_prompt(tokenizer, with_system([{"role": "user", "content": question}], recipe.system_prompt))
+
+
 def _timed(call) -> tuple[float, float, int]:
     """(seconds to the first token, seconds in all, new tokens) of one generation; `call(first)`
     runs it, calling first() when the first token arrives, and returns the token count."""
@@ -143,6 +162,8 @@ def worker(kind: str, run_dir: Path, prompt_tokens: int = PROMPT_TOKENS) -> dict
 
         # the recipe's guard mode (refuse): the guard decides before every reply, as users get it
         engine = Engine([run_dir], backend=kind.split("-", 1)[1], log=lambda *a: print(*a, file=sys.stderr))
+        if prompt_tokens >= LONG_PROMPT:  # a grounded prompt of about this length, its records included
+            messages = [{"role": "user", "content": _fit_with_records(engine, tokenizer, recipe, prompt_tokens)}]
 
         def call(first):
             reply = None

@@ -58,15 +58,16 @@ def run_recipe(stem: str, previous: dict | None = None, overrides: list[str] = (
 
 
 def table(results: dict) -> str:
-    rows = ["| recipe | train time | steps | eval loss base -> tuned | chrF base -> tuned | served mode on its probe: routed correctly / injections refused |",
-            "|---|---:|---:|---|---|---|"]
+    rows = ["| recipe | train time | steps | eval loss base -> tuned | chrF base -> tuned | served mode on its probe: routed correctly / injections refused | key facts (invented) |",
+            "|---|---:|---:|---|---|---|---|"]
     for r in results.values():
         held = r["held_out"]
         chrf = f"{held['base/off']['chrf']:.1f} -> {held['tuned/off']['chrf']:.1f}" if held.get("base/off", {}).get("chrf") is not None else "-"
         served = r["probe"].get(f"tuned/{r['guard_mode']}") or r["probe"].get("tuned/off") or {}
         mode = f"{r['guard_mode']}: {_pct(served.get('correct'))} / {_pct(served.get('injection_refused'))}" if served else "-"
+        facts = f"{_pct(served.get('keys'))} ({_pct(served.get('invented'))})" if served.get("keys") is not None else "-"
         rows.append(f"| {r['recipe']} | {r['train_seconds'] / 60:.1f} min | {r['steps']} | {r['base_eval_loss']:.3f} -> "
-                    f"{r['best_eval_loss']:.3f} | {chrf} | {mode} |")
+                    f"{r['best_eval_loss']:.3f} | {chrf} | {mode} | {facts} |")
     return "\n".join(rows)
 
 

@@ -150,6 +150,22 @@ def serve_section(data: dict | None) -> list[str]:
             "bench/results/serve_load.json.", ""]
 
 
+def eval_speed_section(data: dict | None) -> list[str]:
+    if data is None:
+        return ["## Eval answering speed", "", "Not run yet: `python bench/eval_speed.py RUN`.", ""]
+    m = data["machine"]
+    lines = ["## Eval answering speed", "",
+             f"Command: `{data['command']}` ({m['date'][:10]}, {m['cpu']}, {m['cores']} cores, adapter loaded as "
+             f"{data['adapter_dtype']}). Each contestant answers the run's held-out split and probe as `afinar eval` does; "
+             "\"defaults\": the adapter in fp32 (peft's default on a bf16 base) and transformers' DynamicCache; \"afinar\": the "
+             "adapter in the base's dtype and the KV cache written in place. Best of the rounds, alternated in one process. "
+             "Target (issue 20): half the time with identical answers.", "",
+             "| contestant | defaults | afinar | speed-up | identical answers |", "|---|---:|---:|---:|---:|"]
+    for name, r in data["contestants"].items():
+        lines.append(f"| {name} | {r['defaults_s']:.1f} s | {r['afinar_s']:.1f} s | {r['speedup']:.2f}x | {r['identical']}/{r['answers']} |")
+    return lines + [""]
+
+
 def targets_section(train: dict | None, scaling: dict | None, inference: dict | None) -> list[str]:
     """Every target of issue 9 with the figure measured against it, and what was tried where one
     is missed; printed by `make bench` as its closing table."""
@@ -252,6 +268,7 @@ def main() -> None:
     parts += guard_section(_load("guard.json"))
     parts += teacher_section(_load("guard_template_heldout.json"), _load("guard_generated.json"))
     parts += grounding_section(_load("grounding.json"))
+    parts += eval_speed_section(_load("eval_speed.json"))
     parts += serve_section(_load("serve_load.json"))
     OUT.write_text("\n".join(parts) + "\n", encoding="utf-8")
     print("\n".join(targets))

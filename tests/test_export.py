@@ -1,4 +1,4 @@
-"""`afinar export`: merged model, GGUF (f16, q8_0), Ollama Modelfile and the Hub folder, as round
+"""`afinar export`: merged model, GGUF (f16, bf16, q8_0, q4_0), Ollama Modelfile and the Hub folder, as round
 trips on tiny models: what is written must behave like the adapter-applied model it came from."""
 
 import json
@@ -62,7 +62,7 @@ def test_a_merge_that_does_not_match_writes_nothing(run_dir, tmp_path, monkeypat
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("qtype, matrix_type", [("f16", "F16"), ("q8_0", "Q8_0"), ("q4_0", "Q4_0")])
+@pytest.mark.parametrize("qtype, matrix_type", [("f16", "F16"), ("bf16", "BF16"), ("q8_0", "Q8_0"), ("q4_0", "Q4_0")])
 def test_gguf_round_trip(run_dir, tmp_path, qtype, matrix_type):
     import gguf
 

@@ -344,3 +344,56 @@ def test_eval_answers_with_the_adapter_merged_on_fp32_and_restores_the_base(tiny
     assert not any(getattr(m, "merged", False) for m in model.modules())
     assert all(torch.allclose(p, before[n], atol=1e-6) for n, p in model.named_parameters())
     assert not mergeable_base(model.to(torch.bfloat16))  # bf16 rounding would change answers: never merged
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_growing_kv_cache_computes_what_transformers_dynamic_cache_does(tiny_tokenizer, dtype):
+    """Step by step, with room for one token only (so it regrows) and a row dropped on the way,
+    afinar's in-place cache gives logits equal to DynamicCache's (torch.cat), bit for bit."""
+    from transformers import DynamicCache
+
+    from afinar.assistant.generation import cache_keyword, growing_cache
+    from afinar.models import left_padded
+
+    model = build_tiny_model(len(tiny_tokenizer), seed=5).to(dtype).eval()
+    inputs = left_padded(tiny_tokenizer, ["hola", "una pila es una estructura de datos", "¿qué es un árbol?"])
+    key = cache_keyword(model)
+
+    def decode(cache) -> list[torch.Tensor]:
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        out = []
+        with torch.no_grad():
+            for step in range(6):
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                               **{key: cache}).logits[:, -1]
+                out.append(logits)
+                ids = logits.argmax(-1)[:, None]
+                if step == 2:  # the middle row ends: dropped from the batch and the cache
+                    keep = torch.tensor([0, 2])
+                    cache.batch_select_indices(keep)
+                    ids, mask, positions = ids[keep], mask[keep], positions[keep]
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                positions = positions[:, -1:] + 1
+        return out
+
+    ours, theirs = decode(growing_cache(1)), decode(DynamicCache())
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert ours[-1].shape[0] == 2
+
+
+def test_adapters_answer_in_the_base_models_dtype(tmp_path, tiny_tokenizer):
+    """Loaded for answering, an adapter on a bf16 base is bf16 too (peft would keep it fp32 and cast
+    every adapted layer's input: the prefill then took 1.85x as long on the demo run)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from afinar.models import ADAPTER_FOR_INFERENCE
+
+    base = build_tiny_model(len(tiny_tokenizer), seed=1)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "a")
+    bf16 = build_tiny_model(len(tiny_tokenizer), seed=1).to(torch.bfloat16)
+    model = PeftModel.from_pretrained(bf16, tmp_path / "a", **ADAPTER_FOR_INFERENCE)
+    model.load_adapter(str(tmp_path / "a"), adapter_name="second", **ADAPTER_FOR_INFERENCE)
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.bfloat16}
+    assert {p.dtype for n, p in PeftModel.from_pretrained(build_tiny_model(len(tiny_tokenizer), seed=1).to(torch.bfloat16),
+                                                          tmp_path / "a").named_parameters() if "lora_" in n} == {torch.float32}

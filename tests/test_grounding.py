@@ -175,6 +175,11 @@ def test_grounding_auto_follows_the_schema(tmp_path, schema, grounded):
     recipe = load_recipe(None, ["data.files=[d.jsonl]"])
     decide_grounding(recipe, tmp_path / "data")
     assert recipe.grounded is grounded and recipe.grounding.mode == ("on" if grounded else "off")
+    # an unfaithful answer is replaced by the best record's only where records are knowledge
+    assert recipe.grounding.on_unfaithful == ("curated" if grounded else "flag")
+    forced = load_recipe(None, ["data.files=[d.jsonl]", "grounding.mode=on", "grounding.on_unfaithful=curated"])
+    decide_grounding(forced, tmp_path / "data")
+    assert forced.grounded and forced.grounding.on_unfaithful == "curated"  # what the recipe says stays
 
 
 def test_the_studio_reindexes_a_run_when_its_dataset_is_uploaded_again(tmp_path, tiny_model_dir):
@@ -208,3 +213,23 @@ def test_typed_variants_look_like_what_users_type():
     assert len(variants) > 5 and question not in variants
     assert all("¿" not in v and v == v.lower() for v in variants)
     assert any("cuanto" in v for v in variants) and any(len(v.split()) <= 4 for v in variants)  # accents dropped; key words only
+
+
+@pytest.mark.parametrize("examples", [True, False])
+def test_eval_leaves_a_held_out_example_out_of_its_own_context(examples):
+    """Instructions and user stories: the held-out item's own record (its reference answer) is not
+    handed to it, the next most similar examples are; FAQ records stay (answering from them is
+    what the held-out split measures there). Probe questions keep whatever the index ranks."""
+    from types import SimpleNamespace
+
+    from afinar.evaluation.evaluate import _ground
+    from afinar.evaluation.probe import EvalItem
+
+    records = [SimpleNamespace(questions=[f"pregunta {i}"], answer=f"Respuesta {i}.") for i in range(4)]
+    index = SimpleNamespace(records=records, matrix=lambda qs: np.array([[0.9, 0.5, 0.89, 0.1]] * len(qs)))
+    recipe = SimpleNamespace(grounding=SimpleNamespace(k=3, margin=0.05))
+    held = EvalItem([{"role": "user", "content": "pregunta 0"}], "answer", reference="respuesta  0.")
+    probe = EvalItem([{"role": "user", "content": "pregunta 0"}], "answer", origin="probe.jsonl:1")
+    _ground([held, probe], index, recipe, examples=examples)
+    assert [q for q, _ in probe.context] == ["pregunta 0", "pregunta 2"]
+    assert [q for q, _ in held.context] == (["pregunta 2"] if examples else ["pregunta 0", "pregunta 2"])

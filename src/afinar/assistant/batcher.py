@@ -95,6 +95,7 @@ class Batcher:
 
     @torch.no_grad()
     def _generate(self, batch: list[Request]) -> None:
+        from afinar.assistant.generation import cache_keyword, growing_cache
         from afinar.models import left_padded
 
         tokenizer = batch[0].tokenizer
@@ -107,7 +108,8 @@ class Batcher:
         with self.lock:
             self._use(batch[0].adapter)
             self.model.generate(**inputs.to(self.model.device), **settings, streamer=rows,
-                                stopping_criteria=[rows.criterion])
+                                stopping_criteria=[rows.criterion],
+                                **{cache_keyword(self.model): growing_cache(settings["max_new_tokens"])})
 
     def _use(self, adapter: str) -> None:
         """Make `adapter` the active one: merged while it is the only one on an fp32 base (the lock is held)."""

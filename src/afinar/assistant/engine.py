@@ -13,7 +13,7 @@ guard's ranking gives (index/grounding.py) in the prompt, laid out by `chat_temp
 as in training; the reply names them (`sources`, like citations) and lists any number, time, price,
 e-mail, URL or name found in neither them nor the question (`invented`, faithfulness.py), and
 whether it copies anything from them at all (`unsupported`); with `grounding.on_unfaithful:
-curated` such an answer is replaced by the best record's own answer.
+curated` (the default for FAQ and chat data) such an answer is replaced by the best record's own answer.
 `engine.stream(...)` yields the reply as it is generated (the guard's decision comes first).
 Generation is greedy by default, uses the KV cache and stops at the template's end of turn;
 concurrent replies (the API's clients) are generated in one batch by `batcher.Batcher`. With
@@ -125,12 +125,12 @@ class Engine:
         chosen = mode or recipe.guard_mode
         if chosen != "off" and not recipe.refusal:
             raise AfinarError(f"{run_dir}: guard mode {chosen!r} needs the recipe's `refusal` message")
-        needs_index = chosen != "off" or recipe.grounded
-        guard = _off_thread(load_run_guard, run_dir, threshold=recipe.guard.threshold) if needs_index else None
-        if self.backend == "llamacpp":
+        if self.backend == "llamacpp":  # first: where llama.cpp fails, `auto` falls back before the guard is loaded
             from afinar.assistant.llamacpp import LlamaCppGenerator
 
             self._llama[name] = LlamaCppGenerator(run_dir, recipe, log=self._log)
+        needs_index = chosen != "off" or recipe.grounded
+        guard = _off_thread(load_run_guard, run_dir, threshold=recipe.guard.threshold) if needs_index else None
         self.personas[name] = _Persona(name, run_dir, recipe, tokenizer, guard, stopped, _index_stamp(run_dir))
         self.personas[name].recipe.guard.mode = chosen
         self._adapter_names[name] = adapter_name
@@ -145,7 +145,9 @@ class Engine:
                               "adapters served together must share one base model")
         if self.model is not None:
             self._batcher.unmerge()
-            self.model.load_adapter(str(adapter), adapter_name=recipe.name)
+            from afinar.models import ADAPTER_FOR_INFERENCE
+
+            self.model.load_adapter(str(adapter), adapter_name=recipe.name, **ADAPTER_FOR_INFERENCE)
         self._add(run_dir, recipe, tokenizer, mode, adapter_name=recipe.name)
 
     def add_run(self, run_dir: str | Path) -> str:
@@ -260,7 +262,7 @@ class Engine:
 
     def _checked(self, p: _Persona, reply: Reply, messages, context: list[int]) -> Reply:
         """A grounded reply with its sources and faithfulness; replaced by the best record's own
-        answer when it is unfaithful and the recipe says `on_unfaithful: curated`."""
+        answer when it is unfaithful and the recipe says `on_unfaithful: curated` (FAQ data's default)."""
         from afinar.assistant.faithfulness import check, says_refusal
 
         if not context:
@@ -274,7 +276,7 @@ class Engine:
         asked = " ".join(m["content"] for m in messages if m["role"] == "user")
         verdict = check(reply.answer, [(r.questions[0], r.answer) for r in records], asked)
         reply.invented, reply.unsupported = verdict.invented, not verdict.supported
-        if not verdict.faithful and p.recipe.grounding.on_unfaithful == "curated":
+        if not verdict.faithful and p.recipe.grounding.replaces_unfaithful:
             reply.answer, reply.replaced = records[0].answer, True
         return reply
 

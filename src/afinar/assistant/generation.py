@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from afinar.chat_template import render_prompt, with_context, with_system
-from afinar.models import left_padded, read_run
+from afinar.models import ADAPTER_FOR_INFERENCE, left_padded, read_run
 from afinar.recipes import GenerationConfig, Recipe
 
 
@@ -27,7 +27,7 @@ class LoadedRun:
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
-    """The run's base model with its adapter, in bf16 where the CPU supports it."""
+    """The run's base model with its adapter, both in bf16 where the CPU supports it."""
     from peft import PeftModel
 
     from afinar.training.lora import load_base
@@ -37,7 +37,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     setup = resolve_setup(recipe)
     base = load_base(recipe, setup.weights_dtype, setup.device)
     base.config.use_cache = True
-    model = PeftModel.from_pretrained(base, adapter)
+    model = PeftModel.from_pretrained(base, adapter, **ADAPTER_FOR_INFERENCE)
     model.eval()
     return LoadedRun(model, tokenizer, recipe, Path(run_dir))
 
@@ -103,9 +103,7 @@ def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     over the prompt as passed, padding included): a test compares them. Returns each row's new
     tokens, without the end-of-turn token.
     """
-    from transformers import DynamicCache
-
-    cache = {_cache_keyword(model): DynamicCache()}
+    cache = {cache_keyword(model): growing_cache(max_new_tokens)}
     active = torch.arange(input_ids.shape[0], device=input_ids.device)
     seen, mask = input_ids, attention_mask
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
@@ -135,7 +133,55 @@ def greedy_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return out
 
 
-def _cache_keyword(model) -> str:
+def growing_cache(room: int):
+    """A KV cache like transformers' DynamicCache whose layers keep their keys and values in
+    buffers with `room` tokens to spare, so that each decoding step writes its token in place.
+
+    Written here because DynamicCache appends with torch.cat, copying every layer's whole cache at
+    every step: 17% of an eval decoding step here (demo run, batch 8, 400-token prompts, bf16;
+    24% with the adapter merged). The layers hand attention views of the same values, so it
+    computes the same numbers (a test compares the tokens with DynamicCache's)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.length, self.buffers = 0, None
+            n, add = self.length, key_states.shape[-2]
+            if self.buffers is None or n + add > self.buffers[0].shape[-2]:
+                grown = []
+                for old, new in zip(self.buffers or (None, None), (key_states, value_states)):
+                    buf = new.new_empty(*new.shape[:-2], n + add + max(room, add), new.shape[-1])
+                    if n:
+                        buf[..., :n, :] = old[..., :n, :]
+                    grown.append(buf)
+                self.buffers = grown
+            keys, values = self.buffers
+            keys[..., n : n + add, :] = key_states
+            values[..., n : n + add, :] = value_states
+            self.length = n + add
+            self.keys, self.values = keys[..., : self.length, :], values[..., : self.length, :]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices):
+            if self.is_initialized and self.length:
+                self.buffers = [b[indices, ...] for b in self.buffers]
+                self.keys, self.values = (b[..., : self.length, :] for b in self.buffers)
+
+        def crop(self, tokens_to_remove: int) -> None:
+            super().crop(tokens_to_remove)
+            if self.is_initialized and tokens_to_remove < 0:
+                self.length = self.keys.shape[-2]
+
+        def reset(self) -> None:
+            super().reset()
+            self.length, self.buffers = 0, None
+
+    return Cache(layer_class_to_replicate=GrowingLayer)
+
+
+def cache_keyword(model) -> str:
     """transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name goes in 5.40)."""
     import inspect
 

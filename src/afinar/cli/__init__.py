@@ -202,7 +202,7 @@ def _serve_vllm(runs: list[Path], host: str, port: int, with_key: bool) -> None:
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--to", "to", type=click.Choice(["merged", "gguf", "ollama", "hub"]), required=True, help="What to write.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: RUN/export/<to>).")
-@click.option("--type", "qtype", type=click.Choice(["f16", "q8_0", "q5_0", "q4_0"]), default="q8_0", show_default=True, help="GGUF weight type (gguf, ollama); below q8_0 small models lose much.")
+@click.option("--type", "qtype", type=click.Choice(["f16", "bf16", "q8_0", "q5_0", "q4_0"]), default="q8_0", show_default=True, help="GGUF weight type (gguf, ollama); below q8_0 small models lose much.")
 @click.option("--repo", default=None, metavar="USER/NAME", help="Hub repository (hub).")
 @click.option("--merged", "merged_weights", is_flag=True, help="Push the merged model instead of the adapter (hub).")
 @click.option("--dry-run", is_flag=True, help="Write the folder that would be pushed, push nothing (hub).")

@@ -189,7 +189,7 @@ def provenance(teacher) -> dict:
 
 
 def run_requests(teacher, requests: list[Request], cache: RequestCache, concurrency: int, retries: int,
-                 backoff_s: float = 1.0, progress: bool = True, log=print) -> tuple[dict[int, list[dict]], dict]:
+                 backoff_s: float = 1.0, progress: bool = True) -> tuple[dict[int, list[dict]], dict]:
     """Answers by request index; raises AfinarError when some requests failed after every retry."""
     from tqdm.auto import tqdm
 
@@ -264,11 +264,11 @@ def generate_data(recipe, teacher, output: Path | None = None, preview_only: boo
     if len(cache):
         log(f"resuming: {len(cache)} requests already answered in {cache.path}")
     first = [r for r in requests if r.kind == "paraphrase"][:PREVIEW_RECORDS]
-    answers, seen = run_requests(teacher, first, cache, t.concurrency, t.retries, backoff_s, False, log)
+    answers, seen = run_requests(teacher, first, cache, t.concurrency, t.retries, backoff_s, False)
     _print_preview(first, answers, records, log)
     if preview_only:
         return GenerateResult(None, None, len(first), seen["cached"], seen["tokens"], retries=seen["retries"])
-    answers, stats = run_requests(teacher, requests, cache, t.concurrency, t.retries, backoff_s, progress, log)
+    answers, stats = run_requests(teacher, requests, cache, t.concurrency, t.retries, backoff_s, progress)
     # the preview's requests are answered from the cache the second time: count them once
     result = GenerateResult(None, None, len(requests), stats["cached"] - len(first) + seen["cached"],
                             stats["tokens"] + seen["tokens"], retries=stats["retries"] + seen["retries"])

@@ -103,12 +103,9 @@ class HttpTeacher:
             hint = f"set the key in ${self._api_key_env}" if not os.environ.get(self._api_key_env) else f"check ${self._api_key_env}"
             return TeacherError(f"{self.public_url} refused the key (HTTP {exc.code}): {hint}")
         if exc.code == 404:
-            return TeacherError(f"{self.endpoint_public()}: not found (HTTP 404); is this an OpenAI-compatible "
+            return TeacherError(f"{public_url(self.endpoint)}: not found (HTTP 404); is this an OpenAI-compatible "
                                 f"endpoint (its base usually ends in /v1), and does it serve model {self.model!r}? {detail}")
         return TeacherError(f"{self.public_url} rejected the request (HTTP {exc.code}): {detail}")
-
-    def endpoint_public(self) -> str:
-        return public_url(self.endpoint)
 
 
 def _reply_from_body(raw: bytes, messages: list[dict]) -> Reply:

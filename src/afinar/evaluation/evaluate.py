@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from afinar.errors import AfinarError
 from afinar.evaluation.contestants import Endpoint, LocalModel, perplexity
 from afinar.evaluation.metrics import ScoredReply, is_refusal, score_reply, summarise
@@ -95,7 +97,9 @@ def evaluate(run_dir: str | Path, probe: str | Path | None = None, against: str 
     # 2. contestants
     guard, refusal = _guard(run_dir, recipe)
     if recipe.grounded:
-        _ground(items, guard, recipe)
+        from afinar.training.examples import EXAMPLE_SCHEMAS, data_schemas
+
+        _ground(items, guard, recipe, examples=bool(data_schemas(recipe, run_dir / "data") & set(EXAMPLE_SCHEMAS)))
         _sides(probe_items, run_dir)
     tuned = Contender(LocalModel("tuned", f"{recipe.name} (LoRA adapter)", run.model, run.tokenizer, recipe, "default",
                                  recipe.grounded), guard if recipe.refusal else None, refusal)
@@ -142,13 +146,24 @@ def _guard(run_dir: Path, recipe) -> tuple:
     return load_run_guard(run_dir, threshold=recipe.guard.threshold), recipe.refusal
 
 
-def _ground(items: list[EvalItem], index, recipe) -> None:
-    """Give each question the records the served index ranks for it (as the engine does)."""
+def _ground(items: list[EvalItem], index, recipe, examples: bool = False) -> None:
+    """Give each question the records the served index ranks for it (as the engine does).
+
+    Where the records are worked examples rather than knowledge (`examples`: instructions, user
+    stories), a held-out item's own record is left out of its context: served, it would hand the
+    model its reference answer to copy (measured: chrF 77-89 on instructions), and the split is
+    there to show what the model makes of a request it has not seen, helped by the most similar
+    other examples."""
     from afinar.index.grounding import pairs, select
+    from afinar.index.store import answer_key
 
     g = recipe.grounding
     rows = index.matrix([it.question for it in items]) if items else []
+    keys = [answer_key(r.answer) for r in index.records]
     for item, row in zip(items, rows):
+        if examples and item.origin == HELD_OUT and item.reference:
+            own = answer_key(item.reference)
+            row = np.where([k == own for k in keys], -np.inf, row)
         item.context = pairs(index.records, select(row, g.k, g.margin))
 
 
@@ -169,14 +184,14 @@ def _rival(run, against: str) -> Contender:
         grounded = run.recipe.grounded
         label = f"{run.recipe.base_model} (no adapter{', the same records' if grounded else ''})"
         return Contender(LocalModel("base", label, run.model, run.tokenizer, run.recipe, None, grounded))
-    from afinar.models import read_run
+    from afinar.models import ADAPTER_FOR_INFERENCE, read_run
 
     other_dir = Path(against)
     recipe, tokenizer, adapter = read_run(other_dir)
     if recipe.base_model != run.recipe.base_model:
         raise AfinarError(f"--against {against}: trained on {recipe.base_model!r}, but {run.run_dir} on "
                           f"{run.recipe.base_model!r}; compare runs of one base model (or use --endpoint for another model)")
-    run.model.load_adapter(str(adapter), adapter_name="against")
+    run.model.load_adapter(str(adapter), adapter_name="against", **ADAPTER_FOR_INFERENCE)
     model = LocalModel(recipe.name, f"{recipe.name} (LoRA adapter, {other_dir})", run.model, tokenizer, recipe, "against",
                        recipe.grounded and run.recipe.grounded)
     return Contender(model, *_guard(other_dir, recipe))
@@ -209,7 +224,7 @@ def _replies(c: Contender, mode: str, items: list[EvalItem], refusal: str) -> li
     from afinar.assistant.faithfulness import check
 
     grounded = isinstance(c.model, LocalModel) and c.model.grounded
-    curated = grounded and c.model.recipe.grounding.on_unfaithful == "curated"
+    curated = grounded and c.model.recipe.grounding.replaces_unfaithful
     out = []
     for item, text in zip(items, c.answers):
         decision = c.guard.check(item.question, mode) if mode != "off" else None

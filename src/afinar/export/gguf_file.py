@@ -5,7 +5,7 @@ what llama.cpp and Ollama load most reliably:
   1. weights from the merged safetensors folder, renamed to GGUF's tensor names; the q and k
      projections are permuted the way llama.cpp's converter does (its rotary layout), and
      transformers' GGUF reader permutes them back;
-  2. types: norms in F32; matrices in F16, Q8_0 (blocks of 32 int8 with one f16 scale), or
+  2. types: norms in F32; matrices in F16, BF16, Q8_0 (blocks of 32 int8 with one f16 scale), or
      Q5_0 / Q4_0 (5 or 4 bits, token embeddings kept at Q8_0);
   3. metadata: the architecture's hyper-parameters, and the tokenizer in full: vocabulary, token
      types, BPE merges, bos/eos/pad ids, the chat template, and the end-of-turn token as both
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import numpy as np
 from afinar.errors import AfinarError
 
 SUPPORTED = ("llama", "mistral")
-TYPES = ("f16", "q8_0", "q5_0", "q4_0")
+TYPES = ("f16", "bf16", "q8_0", "q5_0", "q4_0")
 NAMES = {  # HF name (after "model.layers.N.") -> GGUF name (after "blk.N.")
     "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
     "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
@@ -39,7 +39,7 @@ TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "o
 
 
 def write_gguf(merged_dir: str | Path, out_file: str | Path, qtype: str = "q8_0", name: str = "afinar") -> Path:
-    """Write a merged llama-family model folder as a GGUF file of type `qtype` (f16 or q8_0)."""
+    """Write a merged llama-family model folder as a GGUF file of type `qtype` (one of TYPES)."""
     import gguf
     from safetensors.numpy import load_file
     from transformers import AutoConfig, AutoTokenizer
@@ -111,7 +111,7 @@ def _add(writer, name: str, array: np.ndarray, qtype: str) -> None:
     if qtype in ("q5_0", "q4_0") and name in ("token_embd.weight", "output.weight"):
         qtype = "q8_0"
     kind = getattr(gguf.GGMLQuantizationType, qtype.upper())
-    if qtype != "f16" and array.shape[-1] % 32 == 0:
+    if qtype == "bf16" or qtype != "f16" and array.shape[-1] % 32 == 0:
         data = gguf.quants.quantize(array, kind)
         writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=kind)
     else:

@@ -95,8 +95,13 @@ class GroundingConfig(_Section):
     margin: float = Field(0.02, ge=0.0, le=1.0, description="Records after the best one are given only when they score within this of it: one record when the ranking is confident (a 135M model copies well and chooses badly).")
     distractor_only: float = Field(0.0, ge=0.0, le=0.5, description="Share of training questions given only other records (the right one left out), taught to answer with the refusal: the records do not cover this. Off by default: at 0.1 the demo learned to refuse any question not worded like its record (docs/grounding.md).")
     negatives_with_records: bool = Field(False, description="Train the out-of-domain refusal examples (data.negatives) with the records their question retrieves (true) or with none (false, the default: with records, a run trained on teacher-written paraphrases refused 44% of in-domain questions; docs/grounding.md).")
-    on_unfaithful: Literal["flag", "curated"] = Field(
-        "curated", description="When a grounded answer states a number, time, price, e-mail, URL or name found in neither its records nor the question, or copies nothing from them (an echo of the question, garbled words): 'flag' it, or 'curated': answer with the best record's own answer instead (flagged too).")
+    on_unfaithful: Literal["auto", "flag", "curated"] = Field(
+        "auto", description="When a grounded answer states a number, time, price, e-mail, URL or name found in neither its records nor the question, or copies nothing from them (an echo of the question, garbled words): 'flag' it, or 'curated': answer with the best record's own answer instead (flagged too). 'auto': curated for qa and messages data, flag for alpaca and user_story (their records are worked examples: another request's output is no answer to this one).")
+
+    @property
+    def replaces_unfaithful(self) -> bool:
+        """Whether an unfaithful answer is replaced by the best record's ('auto' not yet resolved by training: as curated)."""
+        return self.on_unfaithful != "flag"
 
     @field_validator("mode", mode="before")
     @classmethod

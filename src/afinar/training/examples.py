@@ -47,15 +47,27 @@ def load_examples(recipe: Recipe, run_dir: Path, accelerator, reuse: bool, log):
     return tokenizer, train_set, eval_set
 
 
-def decide_grounding(recipe: Recipe, data_dir: Path) -> None:
-    """Resolve `grounding.mode: auto` from the schemas `data prepare` detected: on when every file
-    holds records that carry knowledge (qa, messages), off for instructions and user stories."""
-    if recipe.grounding.mode != "auto":
-        return
+KNOWLEDGE_SCHEMAS = ("qa", "messages")  # records that carry facts
+EXAMPLE_SCHEMAS = ("alpaca", "user_story")  # records that are worked examples (a request and its output)
+
+
+def data_schemas(recipe: Recipe, data_dir: Path) -> set[str]:
+    """The schemas `data prepare` detected in the run's files (the recipe's own where none is recorded)."""
     report = data_dir / "prepare_report.json"
     files = json.loads(report.read_text(encoding="utf-8"))["check"]["files"] if report.exists() else []
-    schemas = {f.get("schema") for f in files} or {recipe.data.schema_}
-    recipe.grounding.mode = "on" if schemas <= {"qa", "messages"} else "off"
+    return {f.get("schema") for f in files} or {recipe.data.schema_}
+
+
+def decide_grounding(recipe: Recipe, data_dir: Path) -> None:
+    """Resolve `grounding.mode: auto` from the schemas `data prepare` detected: on when every file
+    holds records that carry knowledge (qa, messages), off for instructions and user stories; and
+    `grounding.on_unfaithful: auto`: the best record's answer replaces an unfaithful one only
+    where records carry knowledge (another example's output answers no new request)."""
+    schemas = data_schemas(recipe, data_dir)
+    if recipe.grounding.mode == "auto":
+        recipe.grounding.mode = "on" if schemas <= set(KNOWLEDGE_SCHEMAS) else "off"
+    if recipe.grounding.on_unfaithful == "auto":
+        recipe.grounding.on_unfaithful = "flag" if schemas & set(EXAMPLE_SCHEMAS) else "curated"
 
 
 def grounded_conversations(recipe: Recipe, train_ex, eval_ex, log=print) -> tuple[list, list]:

@@ -37,7 +37,7 @@ from afinar.training.checkpoint import latest_checkpoint, load_checkpoint, save_
 from afinar.training.examples import load_examples, tokens_to_train
 from afinar.training.lora import build_model
 from afinar.training.loss import AnswerOnlyLM, eval_loss
-from afinar.training.runtime import TrainSetup, preflight, resolve_setup, resume_command
+from afinar.training.runtime import preflight, resolve_setup, resume_command
 
 
 class TrainingInterrupted(AfinarError):
