@@ -58,13 +58,10 @@ QUESTION = ("Explícame paso a paso cómo funciona la búsqueda binaria sobre un
 
 def question_for(tokenizer, recipe, tokens: int = PROMPT_TOKENS) -> str:
     """The longest run of QUESTION's words (repeated as needed) whose rendered prompt is at most `tokens` tokens."""
-    from afinar.chat_template import render_prompt, with_system
-
     words, best = QUESTION.split(), ""
     for n in range(1, 40 * len(words)):
         text = " ".join(words[i % len(words)] for i in range(n))
-        prompt = render_prompt(tokenizer, with_system([{"role": "user", "content": text}], recipe.system_prompt))
-        if len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) > tokens:
+        if len(tokenizer(render_question(tokenizer, recipe, text), add_special_tokens=False)["input_ids"]) > tokens:
             break
         best = text
     return best
@@ -88,6 +85,7 @@ def _fit_with_records(engine, tokenizer, recipe, tokens: int) -> str:
 
 
 def render_question(tokenizer, recipe, question: str) -> str:
+    """The prompt one question renders to, system prompt and chat template included (no records)."""
     from afinar.chat_template import render_prompt, with_system
 
     return render_prompt(tokenizer, with_system([{"role": "user", "content": question}], recipe.system_prompt))
@@ -104,14 +102,12 @@ def _timed(call) -> tuple[float, float, int]:
 def worker(kind: str, run_dir: Path, prompt_tokens: int = PROMPT_TOKENS) -> dict:
     import torch
 
-    from afinar.chat_template import render_prompt, with_system
     from afinar.models import read_run
 
     recipe, tokenizer, adapter = read_run(run_dir)
     question = question_for(tokenizer, recipe, prompt_tokens)
     messages = [{"role": "user", "content": question}]
-    prompt = render_prompt(tokenizer, with_system(messages, recipe.system_prompt))
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(render_question(tokenizer, recipe, question), add_special_tokens=False)["input_ids"]
     out = {"contender": kind, "prompt_tokens": len(ids)}
 
     if kind == "transformers-fp32":
