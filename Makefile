@@ -52,6 +52,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/guard_bench.py --domains gimnasio municipalidad buses dental reciclaje --out bench/results/guard_template_heldout.json > /dev/null
 	$(PY) bench/guard_bench.py --generated --domains gimnasio municipalidad buses dental reciclaje > /dev/null
 	$(PY) bench/grounding_bench.py --domains buses dental --no-base
+	$(PY) bench/decode_weights.py
 	$(PY) bench/eval_speed.py
 	$(PY) bench/serve_load.py --seconds 90
 	$(PY) bench/report.py

@@ -8,10 +8,10 @@ alternated in one process, with the answers compared.
 Each contestant answers the run's held-out split and its probe exactly as `afinar eval` does
 (`LocalModel.answers`: greedy, batches of similar length, the records each question is grounded
 on), in two set-ups:
-  - "defaults": the adapter in fp32 on a bf16 base (peft's `autocast_adapter_dtype`) and
-    transformers' DynamicCache (each step appends with torch.cat);
-  - "afinar": the adapter in the base's dtype (`models.ADAPTER_FOR_INFERENCE`) and the KV cache
-    written in place (`generation.growing_cache`).
+  - "defaults": peft's modules answering, the adapter in fp32 on a bf16 base (peft's
+    `autocast_adapter_dtype`), and transformers' DynamicCache (each step appends with torch.cat);
+  - "afinar": merged, packed copies of the layers (`assistant/weights.py`; they ignore the
+    adapter's dtype) and the KV cache written in place (`generation.growing_cache`).
 Prints the seconds of each round and how many answers are identical; writes
 bench/results/eval_speed.json. On an fp32 base the adapter dtype is the same in both.
 """
@@ -32,6 +32,7 @@ def main() -> None:
     from transformers import DynamicCache
 
     import afinar.assistant.generation as generation
+    from afinar.assistant.weights import AnswerWeights
     from afinar.evaluation.contestants import LocalModel
     from afinar.evaluation.probe import held_out_items, load_probe
     from machine import machine_info
@@ -61,14 +62,16 @@ def main() -> None:
               "ungrounded": LocalModel("ungrounded", "", run.model, run.tokenizer, recipe, "default")}
     lora = {n: p for n, p in run.model.named_parameters() if "lora_" in n}
     loaded = {n: p.data.clone() for n, p in lora.items()}  # as afinar loads them
-    setups = {"defaults": (lambda room: DynamicCache(), torch.float32), "afinar": (generation.growing_cache, None)}
+    copies = AnswerWeights.use
+    setups = {"defaults": (lambda room: DynamicCache(), torch.float32, lambda self, adapter: False),
+              "afinar": (generation.growing_cache, None, copies)}
     ours = generation.growing_cache
     seconds: dict = {}
     answers: dict = {}
     try:
         for rnd in range(args.rounds):
-            for setup, (cache, dtype) in setups.items():
-                generation.growing_cache = cache
+            for setup, (cache, dtype, use) in setups.items():
+                generation.growing_cache, AnswerWeights.use = cache, use
                 for n, p in lora.items():
                     p.data = loaded[n].to(dtype) if dtype is not None and loaded[n].is_floating_point() else loaded[n]
                 for name in args.contestants:
@@ -78,7 +81,7 @@ def main() -> None:
                     seconds.setdefault(f"{setup}/{name}", []).append(round(time.perf_counter() - start, 1))
                     print(f"round {rnd + 1}: {setup:8s} {name:10s} {seconds[f'{setup}/{name}'][-1]:7.1f} s", flush=True)
     finally:
-        generation.growing_cache = ours
+        generation.growing_cache, AnswerWeights.use = ours, copies
     rows = {}
     for name in args.contestants:
         same = sum(a == b for a, b in zip(answers["defaults", name], answers["afinar", name]))

@@ -157,13 +157,43 @@ def eval_speed_section(data: dict | None) -> list[str]:
     lines = ["## Eval answering speed", "",
              f"Command: `{data['command']}` ({m['date'][:10]}, {m['cpu']}, {m['cores']} cores, adapter loaded as "
              f"{data['adapter_dtype']}). Each contestant answers the run's held-out split and probe as `afinar eval` does; "
-             "\"defaults\": the adapter in fp32 (peft's default on a bf16 base) and transformers' DynamicCache; \"afinar\": the "
-             "adapter in the base's dtype and the KV cache written in place. Best of the rounds, alternated in one process. "
+             "\"defaults\": peft's modules, the adapter in fp32 (peft's default on a bf16 base) and transformers' DynamicCache; "
+             "\"afinar\": merged, packed copies of the layers (assistant/weights.py) and the KV cache written in place. Best of "
+             "the rounds, alternated in one process. "
              "Target (issue 20): half the time with identical answers.", "",
              "| contestant | defaults | afinar | speed-up | identical answers |", "|---|---:|---:|---:|---:|"]
     for name, r in data["contestants"].items():
         lines.append(f"| {name} | {r['defaults_s']:.1f} s | {r['afinar_s']:.1f} s | {r['speedup']:.2f}x | {r['identical']}/{r['answers']} |")
     return lines + [""]
+
+
+def decode_weights_section(data: dict | None) -> list[str]:
+    if data is None:
+        return ["## Answering weights", "", "Not run yet: `python bench/decode_weights.py RUN`.", ""]
+    m, peft, ours = data["machine"], data["setups"]["peft"], data["setups"]["afinar"]
+    same, rows = data["identical_rows"], data["rows"]
+    return ["## Answering weights: peft's modules against merged, packed copies", "",
+            f"Command: `{data['command']}` ({m['date'][:10]}, {m['cpu']}, {m['cores']} cores). One process, the two set-ups "
+            "alternated on one run: peft's modules (base weight and adapter apart) against afinar's copies of each layer "
+            "with the adapter merged, bf16 ones packed for oneDNN (src/afinar/assistant/weights.py). Random prompt tokens; "
+            "tokens/s of the whole batch, greedy, 64 new tokens; best of the rounds.", "",
+            "| set-up | 600-token prefill | decode, batch 1 | decode, batch 8 | copies built in |", "|---|---:|---:|---:|---:|",
+            f"| peft's modules | {peft['prefill_600_ms']} ms | {peft['batch_1_tokens_per_s']} tok/s "
+            f"| {peft['batch_8_tokens_per_s']} tok/s | - |",
+            f"| merged, packed copies | {ours['prefill_600_ms']} ms | {ours['batch_1_tokens_per_s']} tok/s "
+            f"| {ours['batch_8_tokens_per_s']} tok/s | {ours['build_s']} s |", "",
+            f"Identical greedy tokens: batch 1 {same['batch_1']}/{rows['batch_1']} rows, batch 8 {same['batch_8']}/{rows['batch_8']} "
+            "(merging rounds each weight once in bf16, where peft rounds the base's product and the adapter's apart).", "",
+            *_fidelity_lines(data.get("fidelity"))]
+
+
+def _fidelity_lines(fidelity: dict | None) -> list[str]:
+    if not fidelity:
+        return []
+    return ["Distance of the logits from the adapter computed in fp32 (the most exact answer at hand), as a share of "
+            "what the adapter changes, and next-token agreement with it, on one question: "
+            + "; ".join(f"{name} {f['error_share']:.1%}, {f['next_token_agreement']:.0%}" for name, f in fidelity.items())
+            + ".", ""]
 
 
 def targets_section(train: dict | None, scaling: dict | None, inference: dict | None) -> list[str]:
@@ -268,6 +298,7 @@ def main() -> None:
     parts += guard_section(_load("guard.json"))
     parts += teacher_section(_load("guard_template_heldout.json"), _load("guard_generated.json"))
     parts += grounding_section(_load("grounding.json"))
+    parts += decode_weights_section(_load("decode_weights.json"))
     parts += eval_speed_section(_load("eval_speed.json"))
     parts += serve_section(_load("serve_load.json"))
     OUT.write_text("\n".join(parts) + "\n", encoding="utf-8")

@@ -240,3 +240,19 @@ def test_an_interrupted_run_says_so_wherever_it_is_loaded(tmp_path, tiny_model_d
     train(recipe, resume=True, progress=False)
     assert run_incomplete(run) is None
     assert json.loads((run / "status.json").read_text())["complete"] is True
+
+
+def test_a_signal_says_at_once_that_training_stops_after_this_step(capsys):
+    """Regression: a SIGTERM during a minutes-long QLoRA step on a CPU printed nothing until the
+    step and its checkpoint were done; a second signal goes to the previous handler at once."""
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with loop_mod._StopFlag() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signal == signal.SIGTERM and not seen
+            assert "stopping after the step in progress" in capsys.readouterr().err
+            os.kill(os.getpid(), signal.SIGTERM)  # the second one is not held back
+            assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -4,8 +4,9 @@
     reply = engine.reply([{"role": "user", "content": "¿A qué hora abren?"}])
 
 `engine.py` decides with the domain guard (afinar.index) and then generates; `batcher.py`
-generates concurrent replies together; `generation.py` loads a run and holds the decoding
-settings; `llamacpp.py` is the llama.cpp generator (`--engine llamacpp`); `interview.py`
+generates concurrent replies together; `weights.py` gives the model the matrices it answers with
+on CPU (each layer's adapter merged into a copy, packed for oneDNN); `generation.py` loads a run
+and holds the decoding settings; `llamacpp.py` is the llama.cpp generator (`--engine llamacpp`); `interview.py`
 assembles the guided interview's prompt.
 """
 

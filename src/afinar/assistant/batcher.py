@@ -10,10 +10,11 @@ as one left-padded batch cuts their wait several times. The batcher runs one wor
   3. each row stops on its own: end of turn, its own `max_new_tokens`, or its client's cancel
      event (a client that went away); requests that arrive meanwhile form the next batch.
 With one client this is exactly the one-at-a-time generation it replaces.
-While a single adapter is loaded on an fp32 base (CPUs without bf16) it is merged into the base
-weights (`_use`): its LoRA matmuls then cost nothing per token (docs/speed.md); a second adapter
-(the studio, `serve` with several runs) unmerges it, and every batch sets its own. bf16 and
-4-bit (QLoRA) bases are never merged: the rounding would change the answers (`mergeable_base`).
+On CPU the model answers through `weights.AnswerWeights`: the batch's adapter merged into a copy
+of each adapted layer (bf16 ones packed for oneDNN), so a decoding step costs one matmul per
+layer (docs/speed.md); a batch for another adapter rebuilds the copies, and the base weights
+themselves are never touched. Where no copies are made (a GPU, too little memory), peft's own
+modules answer with the batch's adapter set.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from afinar.models import mergeable_base
+from afinar.assistant.weights import AnswerWeights
 
 DONE = object()  # the end of a request's stream
 IDLE_SECONDS = 10.0  # the worker thread ends after this long without requests
@@ -61,8 +62,7 @@ class Batcher:
         self._waiting: list[Request] = []
         self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
-        self._merged = False
-        self._mergeable = mergeable_base(model)  # the base's dtype never changes; adapters come and go
+        self.weights = AnswerWeights(model)
 
     def submit(self, request: Request) -> Request:
         with self._cv:
@@ -112,21 +112,13 @@ class Batcher:
                                 **{cache_keyword(self.model): growing_cache(settings["max_new_tokens"])})
 
     def _use(self, adapter: str) -> None:
-        """Make `adapter` the active one: merged while it is the only one on an fp32 base (the lock is held)."""
-        if len(self.model.peft_config) == 1:
-            if not self._merged and self._mergeable:
-                self.model.base_model.merge_adapter()
-                self._merged = True
-            if self._merged:
-                return
-        self.unmerge()
-        self.model.set_adapter(adapter)
+        """Make `adapter` the one the model answers with (the lock is held)."""
+        if not self.weights.use(adapter):
+            self.model.set_adapter(adapter)
 
-    def unmerge(self) -> None:
-        """Take a merged adapter out of the base weights again (before another adapter loads)."""
-        if self._merged:
-            self.model.base_model.unmerge_adapter()
-            self._merged = False
+    def release(self) -> None:
+        """The model's own modules back in place (before another adapter loads)."""
+        self.weights.release()
 
 
 class _Rows:

@@ -144,7 +144,7 @@ class Engine:
             raise AfinarError(f"{run_dir}: trained on {recipe.base_model!r}, but the loaded base is {base!r}; "
                               "adapters served together must share one base model")
         if self.model is not None:
-            self._batcher.unmerge()
+            self._batcher.release()
             from afinar.models import ADAPTER_FOR_INFERENCE
 
             self.model.load_adapter(str(adapter), adapter_name=recipe.name, **ADAPTER_FOR_INFERENCE)

@@ -41,21 +41,22 @@ class LocalModel:
 
     @contextmanager
     def active(self):
-        if self.adapter is None:
-            with self.model.disable_adapter():
-                yield
-        else:  # merged into an fp32 base while it answers: no LoRA matmuls per token
-            from afinar.models import mergeable_base
+        """The model answering with this contestant's adapter, through merged copies of its
+        layers on CPU (assistant/weights.py), else peft's modules."""
+        from afinar.assistant.weights import AnswerWeights
 
-            self.model.set_adapter(self.adapter)
-            merge = mergeable_base(self.model)
-            if merge:
-                self.model.base_model.merge_adapter([self.adapter])
+        weights = AnswerWeights(self.model)
+        if weights.use(self.adapter):
             try:
                 yield
             finally:
-                if merge:
-                    self.model.base_model.unmerge_adapter()
+                weights.release()
+        elif self.adapter is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(self.adapter)
+            yield
 
     def answers(self, items: list[EvalItem], max_new_tokens: int, batch_size: int, bar=None) -> list[str]:
         """Greedy replies to every item, in the items' order (the recipe's repetition penalty, but

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -81,11 +83,20 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
+        if self.signal is not None:  # the second one: stop now, from the last checkpoint
+            self.__exit__()
+            os.kill(os.getpid(), signum)
+            return
         self.signal = signum
+        # a QLoRA step on a CPU can take minutes: say at once what will happen
+        print(f"\nafinar: signal {signum} received; stopping after the step in progress, with a checkpoint "
+              "(`--resume` continues from it). Send it again to stop at once, from the last checkpoint.",
+              file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old = {}
 
 
 def train(recipe: Recipe, *, resume: bool = False, reuse_data: bool = False, progress: bool = True, log=print) -> TrainResult:
