@@ -45,7 +45,7 @@ class AnsweringLinear(torch.nn.Module):
         self.out_features, self.in_features = weight.shape
         self.bias = bias
         self.packed = weight.dtype == torch.bfloat16
-        self.matrix = torch.ops.mkldnn._reorder_linear_weight(weight, 1) if self.packed else weight
+        self.matrix = _pack(weight) if self.packed else weight
         self.original = [original]  # kept out of the module tree (not a submodule)
 
     @property
@@ -98,17 +98,20 @@ def _plan(model, adapter: str | None) -> list | None:
     dtype = next(p.dtype for p in model.get_base_model().parameters() if p.is_floating_point())
     if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return None
-    plan, size = [], 0
-    for parent, name, child in layers:
-        if not _is_lora(child) and dtype != torch.bfloat16 and not _quantized(child.weight):
-            continue  # an fp32 linear layer without adapter gains nothing from a copy
+    # an fp32 layer without adapter gains nothing from a copy; the size is checked before any is made
+    chosen = [(parent, name, child) for parent, name, child in layers
+              if _is_lora(child) or dtype == torch.bfloat16 or _quantized(child.weight)]
+    size = sum(_base(child).in_features * _base(child).out_features for _, _, child in chosen)
+    if size * torch.tensor([], dtype=dtype).element_size() > MEMORY_SHARE * _available_memory():
+        return None
+    plan = []
+    for parent, name, child in chosen:
         weight = _answering_weight(child, adapter, dtype)
         if weight is None:
             return None
-        bias = (child.get_base_layer() if _is_lora(child) else child).bias
+        bias = _base(child).bias
         plan.append((parent, name, child, weight, None if bias is None else bias.detach()))
-        size += weight.numel() * weight.element_size()
-    return plan if size <= MEMORY_SHARE * _available_memory() else None
+    return plan
 
 
 def _linear_layers(parent):
@@ -133,10 +136,14 @@ def _is_lora(module) -> bool:
     return hasattr(module, "lora_A") and hasattr(module, "get_base_layer")
 
 
+def _base(layer):
+    return layer.get_base_layer() if _is_lora(layer) else layer
+
+
 def _answering_weight(layer, adapter: str | None, dtype: torch.dtype) -> torch.Tensor | None:
     """The layer's weight with `adapter` merged, computed in fp32 and rounded once to `dtype`;
     None where it cannot be merged here."""
-    weight = _dequantized(layer.get_base_layer() if _is_lora(layer) else layer, dtype)
+    weight = _dequantized(_base(layer), dtype)
     if weight is None or not _is_lora(layer) or adapter is None or adapter not in layer.lora_A:
         return weight
     if adapter in getattr(layer, "lora_variant", {}) or getattr(layer, "fan_in_fan_out", False):
