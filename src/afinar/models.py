@@ -196,13 +196,3 @@ def left_padded(tokenizer, prompts: list[str]):
 # prefill took 852 ms with fp32 adapters, 461 ms with bf16 ones (600 tokens: 448 -> 374 ms). On an
 # fp32 or a 4-bit base this changes nothing (the adapter is fp32 either way).
 ADAPTER_FOR_INFERENCE = {"autocast_adapter_dtype": False}
-
-
-def mergeable_base(model) -> bool:
-    """Whether a peft model's adapter can be merged into its base weights and out again without
-    changing answers: only where every base weight is fp32 (the round trip then moves a weight by
-    float32 rounding, ~1e-7 of it). In bf16 that rounding is ~0.4% of a weight and would change
-    answers; 4-bit (QLoRA) weights would be requantized."""
-    import torch
-
-    return all(p.dtype == torch.float32 for p in model.get_base_model().parameters())
