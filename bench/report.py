@@ -300,6 +300,8 @@ def main() -> None:
     parts += grounding_section(_load("grounding.json"))
     parts += decode_weights_section(_load("decode_weights.json"))
     parts += eval_speed_section(_load("eval_speed.json"))
+    trained = _load("eval_speed_banco_faq.json")  # a trained run: `python bench/eval_speed.py runs/recipes/banco-faq`
+    parts += eval_speed_section(trained)[2:] if trained else []
     parts += serve_section(_load("serve_load.json"))
     OUT.write_text("\n".join(parts) + "\n", encoding="utf-8")
     print("\n".join(targets))
