@@ -194,5 +194,7 @@ def left_padded(tokenizer, prompts: list[str]):
 # (autocast_adapter_dtype) keeps the adapter in fp32 on a bf16 base, so every adapted layer casts
 # its input to fp32 and its output back: measured on the demo run (bf16, one 810-token prompt) the
 # prefill took 852 ms with fp32 adapters, 461 ms with bf16 ones (600 tokens: 448 -> 374 ms). On an
-# fp32 or a 4-bit base this changes nothing (the adapter is fp32 either way).
+# fp32 or a 4-bit base this changes nothing (the adapter is fp32 either way). On CPU the model now
+# answers through merged copies (assistant/weights.py), which merge in fp32 whatever the adapter's
+# dtype (the same logits measured either way): this matters where peft's own modules answer.
 ADAPTER_FOR_INFERENCE = {"autocast_adapter_dtype": False}

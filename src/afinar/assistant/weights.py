@@ -66,12 +66,11 @@ class AnswerWeights:
         self.model = model
         self.active: str | None = None
         self._swaps: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []  # (parent, name, original)
-        self._ready = False
 
     def use(self, adapter: str | None) -> bool:
         """Answer with `adapter` (None: the base alone). False where copies are not made: the
         caller then answers with peft's modules (set_adapter / disable_adapter)."""
-        if self._ready and adapter == self.active:
+        if self._swaps and adapter == self.active:
             return True
         self.release()
         plan = _plan(self.model, adapter)
@@ -80,14 +79,14 @@ class AnswerWeights:
         for parent, name, original, weight, bias in plan:
             setattr(parent, name, AnsweringLinear(weight, bias, original))
             self._swaps.append((parent, name, original))
-        self.active, self._ready = adapter, True
+        self.active = adapter
         return True
 
     def release(self) -> None:
         """The model's own modules back in place."""
         for parent, name, original in reversed(self._swaps):
             setattr(parent, name, original)
-        self._swaps, self._ready = [], False
+        self._swaps = []
 
 
 def _plan(model, adapter: str | None) -> list | None:
